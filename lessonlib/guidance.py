@@ -1,0 +1,184 @@
+"""Guidance as an algebra over eps-functions (lessons 01, 04, 07).
+
+An ``EpsFn`` maps ``(x_t, t) -> eps_hat`` with integer timesteps t of shape (B,). Models become
+EpsFns by binding a condition (:func:`conditional`); guidance methods take EpsFns and return one;
+samplers consume a single EpsFn. One scale convention everywhere:
+
+    scale = 0: unconditional    scale = 1: plain conditional    scale > 1: guided
+
+| form                                  | code                         | paper                      |
+| ------------------------------------- | ---------------------------- | -------------------------- |
+| eps_u + s (eps_c - eps_u)             | :func:`cfg`                  | Ho & Salimans 2022 (s=1+w) |
+| eps_u + sum_i w_i (eps_i - eps_u)     | :func:`compose`              | Liu et al. 2022            |
+| eps - s sqrt(1 - abar_t) grad         | :func:`grad_guidance`        | Dhariwal & Nichol 2021     |
+| mean + s sigma_t^2 grad (DDPM)        | ``form="mean_shift"``        | Dhariwal & Nichol, Alg. 1  |
+
+The (1 + w) form of Ho & Salimans, (1 + w) eps_c - w eps_u, is the same number with w = s - 1.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from .schedules import NoiseSchedule
+
+__all__ = [
+    "EpsFn",
+    "GradFn",
+    "check_scale",
+    "combine",
+    "conditional",
+    "cfg",
+    "compose",
+    "batched_predictions",
+    "batched_compose",
+    "batched_cfg",
+    "mean_shift_factor",
+    "grad_guidance",
+]
+
+EpsFn = Callable[[Tensor, Tensor], Tensor]
+GradFn = Callable[[Tensor, Tensor], Tensor]  # (x_t, t) -> grad_x log p(y | x_t)
+
+
+def check_scale(scale, name: str = "scale") -> float:
+    """Return the guidance scale as a float; NaN, infinite or non-numeric scales raise a ValueError."""
+    try:
+        value = float(scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a real number (0: unconditional, 1: conditional, >1: guided), "
+                         f"got {scale!r}.") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {scale!r}.")
+    return value
+
+
+def combine(eps_uncond: Tensor, terms: Sequence[tuple[Tensor, float]]) -> Tensor:
+    """eps_u + sum_i w_i (eps_i - eps_u); one term is torch.lerp, exact at w = 0 and w = 1 (lesson 07)."""
+    if not terms:
+        raise ValueError("give at least one (eps, weight) term to combine with the unconditional prediction.")
+    for eps, _ in terms:
+        if eps.shape != eps_uncond.shape:
+            raise ValueError(f"predictions to combine differ in shape: {tuple(eps.shape)} vs {tuple(eps_uncond.shape)}.")
+    if len(terms) == 1:
+        eps, w = terms[0]
+        return torch.lerp(eps_uncond, eps, check_scale(w, "weight"))
+    return eps_uncond + sum(check_scale(w, "weight") * (eps - eps_uncond) for eps, w in terms)
+
+
+def _batch_cond(cond: Any, batch: int) -> Any:
+    """Broadcast a condition (tensor, number, or dict/tuple of them) to a leading batch dimension."""
+    if isinstance(cond, dict):
+        return {k: _batch_cond(v, batch) for k, v in cond.items()}
+    if isinstance(cond, (tuple, list)):
+        return type(cond)(_batch_cond(v, batch) for v in cond)
+    cond = torch.as_tensor(cond)
+    if cond.ndim == 0:
+        return cond.expand(batch)
+    if cond.shape[0] == batch:
+        return cond
+    if cond.shape[0] == 1:
+        return cond.expand(batch, *cond.shape[1:])
+    raise ValueError(f"a condition with leading size {cond.shape[0]} does not fit a batch of {batch}; "
+                     "give one condition per image or a single one for all.")
+
+
+def _cat_conds(conds: Sequence[Any]) -> Any:
+    first = conds[0]
+    if isinstance(first, dict):
+        return {k: _cat_conds([c[k] for c in conds]) for k in first}
+    if isinstance(first, (tuple, list)):
+        return type(first)(_cat_conds(parts) for parts in zip(*conds))
+    return torch.cat(list(conds))
+
+
+def conditional(model: Callable, cond: Any) -> EpsFn:
+    """Bind a condition: ``model(x_t, t, cond)`` becomes an EpsFn ``(x_t, t) -> eps`` (lesson 04)."""
+    return lambda x, t: model(x, t, _batch_cond(cond, x.shape[0]))
+
+
+def cfg(eps_cond: EpsFn, eps_uncond: EpsFn, scale: float) -> EpsFn:
+    """Classifier-free guidance eps_u + s (eps_c - eps_u) from two EpsFns (two forward passes) (lesson 07)."""
+    return compose(eps_uncond, [(eps_cond, scale)])
+
+
+def compose(eps_uncond: EpsFn, terms: Sequence[tuple[EpsFn, float]]) -> EpsFn:
+    """eps_u + sum_i w_i (eps_i - eps_u) over EpsFns; negative weights push away (lesson 08)."""
+    terms = [(fn, check_scale(w, "weight")) for fn, w in terms]
+    if not terms:
+        raise ValueError("compose needs at least one (eps_fn, weight) term.")
+    if all(w == 0 for _, w in terms):
+        return eps_uncond  # nothing to evaluate: every term is switched off
+    return lambda x, t: combine(eps_uncond(x, t), [(fn(x, t), w) for fn, w in terms])
+
+
+def batched_predictions(model: Callable, conds: Sequence[Any]) -> Callable[[Tensor, Tensor], list[Tensor]]:
+    """One forward pass over len(conds) copies of the batch; returns one eps per condition (lesson 07)."""
+    if not conds:
+        raise ValueError("give at least one condition.")
+
+    def predict(x: Tensor, t: Tensor) -> list[Tensor]:
+        n, batch = len(conds), x.shape[0]
+        cond = _cat_conds([_batch_cond(c, batch) for c in conds])
+        eps = model(torch.cat([x] * n), torch.cat([t.expand(batch)] * n), cond)
+        return list(eps.chunk(n))
+
+    return predict
+
+
+def batched_compose(model: Callable, null_cond: Any, terms: Sequence[tuple[Any, float]]) -> EpsFn:
+    """:func:`compose` with every branch of ``model(x, t, cond)`` in one batched forward call (lesson 08)."""
+    weights = [check_scale(w, "weight") for _, w in terms]
+    predict = batched_predictions(model, [null_cond] + [c for c, _ in terms])
+
+    def eps_fn(x: Tensor, t: Tensor) -> Tensor:
+        eps_u, *eps_terms = predict(x, t)
+        return combine(eps_u, list(zip(eps_terms, weights)))
+
+    return eps_fn
+
+
+def batched_cfg(model: Callable, cond: Any, null_cond: Any, scale: float) -> EpsFn:
+    """Classifier-free guidance with conditional and unconditional passes batched together (lesson 07)."""
+    return batched_compose(model, null_cond, [(cond, scale)])
+
+
+def mean_shift_factor(schedule: NoiseSchedule, t, like: Tensor) -> Tensor:
+    """kappa_t = sqrt(alpha_t) (1 - abar_{t-1}) / (1 - abar_t), the mean-shift to eps-form ratio (lesson 04).
+
+    For one full DDPM step (t -> t-1), shifting the posterior mean by s sigma_t^2 grad is exactly the
+    eps-form guidance with scale s * kappa_t; kappa_0 = 0, and kappa_t ~ sqrt(alpha_t) ~ 1 for t >> 1.
+    """
+    alpha, a, a_prev = (schedule.at(k, t, like) for k in ("alphas", "abar", "abar_prev"))
+    return alpha.sqrt() * (1 - a_prev) / (1 - a)
+
+
+def grad_guidance(eps_fn: EpsFn, schedule: NoiseSchedule, grad_fn: GradFn, scale: float, *,
+                  form: str = "eps") -> EpsFn:
+    """Gradient guidance: eps - s sqrt(1 - abar_t) grad_fn(x_t, t) (lesson 04).
+
+    ``form="eps"`` is the eps shift of Dhariwal & Nichol (their Algorithm 2, used with DDIM).
+    ``form="mean_shift"`` gives, for full-step DDPM (steps = T), exactly their Algorithm 1:
+    x_{t-1} = mean + s sigma_t^2 grad + sigma_t z, by scaling the eps shift by
+    :func:`mean_shift_factor`. At scale 0 the guided EpsFn is ``eps_fn`` itself.
+    """
+    scale = check_scale(scale)
+    if form not in ("eps", "mean_shift"):
+        raise ValueError(f"form must be 'eps' or 'mean_shift', got {form!r}.")
+    if scale == 0:
+        return eps_fn
+
+    def guided(x: Tensor, t: Tensor) -> Tensor:
+        eps = eps_fn(x, t)
+        grad = grad_fn(x, t)
+        if grad.shape != x.shape:
+            raise ValueError(f"grad_fn returned shape {tuple(grad.shape)} for x_t of shape {tuple(x.shape)}.")
+        shift = scale * (1 - schedule.at("abar", t, x)).sqrt() * grad
+        if form == "mean_shift":
+            shift = shift * mean_shift_factor(schedule, t, x)
+        return eps - shift
+
+    return guided

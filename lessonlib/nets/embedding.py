@@ -1,0 +1,17 @@
+"""Sinusoidal timestep embedding (Vaswani et al. 2017; as in DDPM), shared by every network."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def timestep_embedding(t: Tensor, dim: int, *, max_period: float = 10_000.0) -> Tensor:
+    """[cos(t f_i), sin(t f_i)] with f_i = max_period^(-i / (dim/2)), shape (B, dim) (lesson 01)."""
+    if dim < 2 or dim % 2:
+        raise ValueError(f"the embedding width must be an even number >= 2, got {dim}.")
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    angles = t.float().reshape(-1, 1) * freqs
+    return torch.cat([angles.cos(), angles.sin()], dim=1)

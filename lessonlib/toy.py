@@ -1,0 +1,215 @@
+"""A labelled 2-D Gaussian mixture whose noisy marginals are exact under any schedule (lesson 01).
+
+Component k (class k) is N(mu_k, Sigma_k) with weight w_k. Under q(x_t | x_0) it stays Gaussian,
+
+    p_t(x | k) = N(x; sqrt(a) mu_k, a Sigma_k + (1 - a) I),      a = abar_t,
+
+so p_t(x), its score grad log p_t(x), the class posterior p_t(k | x) and the classifier gradient
+grad log p_t(k | x) = grad log p_t(x | k) - grad log p_t(x) are all closed-form. The exact
+eps-function is eps*(x_t, t) = -sqrt(1 - a) grad log p_t(x_t): the minimiser of the denoising loss.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .diffusion import denoising_loss, q_sample
+from .guidance import EpsFn, GradFn
+from .nets.embedding import timestep_embedding
+from .schedules import NoiseSchedule
+
+__all__ = ["GaussianMixture2D", "ToyEpsMLP", "fit_toy_eps_model", "eps_error_by_t"]
+
+
+@dataclass(eq=False)
+class GaussianMixture2D:
+    """Exact labelled mixture in 2-D; the default has three overlapping, anisotropic classes."""
+
+    means: Tensor = field(default_factory=lambda: torch.tensor([[-1.6, -0.9], [1.6, -0.9], [0.0, 1.4]]))
+    covs: Tensor = field(default_factory=lambda: torch.tensor(
+        [[[0.55, 0.25], [0.25, 0.35]], [[0.30, -0.18], [-0.18, 0.45]], [[0.70, 0.0], [0.0, 0.18]]]))
+    weights: Tensor = field(default_factory=lambda: torch.tensor([0.45, 0.35, 0.20]))
+
+    def __post_init__(self):
+        self.means = torch.as_tensor(self.means, dtype=torch.float64)
+        self.covs = torch.as_tensor(self.covs, dtype=torch.float64)
+        self.weights = torch.as_tensor(self.weights, dtype=torch.float64)
+        K = self.means.shape[0]
+        if self.means.shape != (K, 2) or self.covs.shape != (K, 2, 2) or self.weights.shape != (K,):
+            raise ValueError("means must be (K, 2), covs (K, 2, 2) and weights (K,).")
+        if not torch.allclose(self.covs, self.covs.transpose(1, 2)) or torch.any(torch.linalg.eigvalsh(self.covs) <= 0):
+            raise ValueError("each covariance must be symmetric positive definite.")
+        if torch.any(self.weights <= 0):
+            raise ValueError("mixture weights must be positive.")
+        self.weights = self.weights / self.weights.sum()
+
+    @property
+    def num_classes(self) -> int:
+        return self.means.shape[0]
+
+    # ---- exact densities at a noise level abar (a tensor (B,) or a number; abar = 1 is clean) ----
+    def _noisy_components(self, abar: Tensor):
+        a = abar.reshape(-1, 1, 1)  # (B, 1, 1)
+        mean = a.sqrt() * self.means  # (B, K, 2)
+        cov = a.unsqueeze(-1) * self.covs + (1 - a.unsqueeze(-1)) * torch.eye(2, dtype=torch.float64)
+        return mean, cov
+
+    def _prep(self, x: Tensor, abar) -> tuple[Tensor, Tensor]:
+        if x.ndim != 2 or x.shape[1] != 2:
+            raise ValueError(f"toy points must have shape (B, 2), got {tuple(x.shape)}.")
+        abar = torch.as_tensor(abar, dtype=torch.float64).reshape(-1)
+        return x.to(torch.float64), abar.to(x.device).expand(x.shape[0])
+
+    def log_joint(self, x: Tensor, abar) -> Tensor:
+        """log w_k + log p_t(x | k), shape (B, K)."""
+        x, abar = self._prep(x, abar)
+        mean, cov = self._noisy_components(abar)
+        diff = x.unsqueeze(1) - mean
+        maha = (diff.unsqueeze(-2) @ torch.linalg.solve(cov, diff.unsqueeze(-1))).reshape(diff.shape[:2])
+        return self.weights.log() - 0.5 * (maha + torch.logdet(cov) + 2 * math.log(2 * math.pi))
+
+    def log_prob(self, x: Tensor, abar) -> Tensor:
+        """log p_t(x), shape (B,)."""
+        return torch.logsumexp(self.log_joint(x, abar), dim=1)
+
+    def posterior(self, x: Tensor, abar) -> Tensor:
+        """p_t(k | x), shape (B, K): the exact noise-aware classifier."""
+        return torch.softmax(self.log_joint(x, abar), dim=1)
+
+    def component_scores(self, x: Tensor, abar) -> Tensor:
+        """grad log p_t(x | k) = -C_k^{-1} (x - m_k), shape (B, K, 2)."""
+        x, abar = self._prep(x, abar)
+        mean, cov = self._noisy_components(abar)
+        return -torch.linalg.solve(cov, (x.unsqueeze(1) - mean).unsqueeze(-1)).squeeze(-1)
+
+    def score(self, x: Tensor, abar, y=None) -> Tensor:
+        """grad log p_t(x), or grad log p_t(x | y) when a class y is given; shape (B, 2), x's dtype."""
+        scores = self.component_scores(x, abar)
+        if y is None:
+            out = (self.posterior(x, abar).unsqueeze(-1) * scores).sum(1)
+        else:
+            out = scores[torch.arange(x.shape[0]), self._classes(y, x.shape[0])]
+        return out.to(x)
+
+    def classifier_grad(self, x: Tensor, abar, y) -> Tensor:
+        """grad log p_t(y | x) = grad log p_t(x | y) - grad log p_t(x) (Bayes), shape (B, 2)."""
+        return self.score(x, abar, y) - self.score(x, abar)
+
+    def _classes(self, y, batch: int) -> Tensor:
+        y = torch.as_tensor(y).reshape(-1).long().cpu().expand(batch)
+        if torch.any((y < 0) | (y >= self.num_classes)):
+            raise ValueError(f"classes of this mixture are 0..{self.num_classes - 1}, got {y.unique().tolist()}.")
+        return y
+
+    # ---- schedule-bound eps-functions (the exact "models") ----
+    def eps_fn(self, schedule: NoiseSchedule, y=None) -> EpsFn:
+        """Exact eps*(x_t, t) = -sqrt(1 - abar_t) grad log p_t(x_t [| y])."""
+        def eps(x: Tensor, t: Tensor) -> Tensor:
+            a = schedule.at("abar", t, x)
+            return -(1 - a).sqrt() * self.score(x, a, y)
+        return eps
+
+    def model(self, schedule: NoiseSchedule):
+        """Exact conditional model ``(x_t, t, y) -> eps`` where class -1 is the null (unconditional) label."""
+        def forward(x: Tensor, t: Tensor, y: Tensor) -> Tensor:
+            a = schedule.at("abar", t, x)
+            y = torch.as_tensor(y).reshape(-1).expand(x.shape[0]).cpu()
+            null = y < 0
+            score = self.score(x, a)
+            if (~null).any():
+                score[~null] = self.score(x[~null], a[~null], y[~null])
+            return -(1 - a).sqrt() * score
+        return forward
+
+    def classifier_grad_fn(self, schedule: NoiseSchedule, y) -> GradFn:
+        """The exact grad_x log p_t(y | x_t) as a GradFn for :func:`lessonlib.guidance.grad_guidance`."""
+        return lambda x, t: self.classifier_grad(x, schedule.at("abar", t, x), y)
+
+    # ---- samples ----
+    def sample(self, n: int, *, generator=None, y=None) -> tuple[Tensor, Tensor]:
+        """n clean points and their classes (float32, long); all of class y if given."""
+        if y is None:
+            labels = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        else:
+            labels = self._classes(y, n).clone()
+        chol = torch.linalg.cholesky(self.covs)[labels]
+        z = torch.randn(n, 2, 1, generator=generator, dtype=torch.float64)
+        return (self.means[labels] + (chol @ z).squeeze(-1)).float(), labels
+
+    def tilted_sample(self, n: int, y: int, scale: float, *, generator=None, grid: int = 400) -> Tensor:
+        """n points from the tilted clean density p(x) p(y | x)^scale, normalised on a fine grid."""
+        lo = (self.means - 5 * self.covs.diagonal(dim1=1, dim2=2).sqrt()).min(0).values
+        hi = (self.means + 5 * self.covs.diagonal(dim1=1, dim2=2).sqrt()).max(0).values
+        axes = [torch.linspace(float(lo[i]), float(hi[i]), grid, dtype=torch.float64) for i in range(2)]
+        pts = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 2)
+        log_joint = self.log_joint(pts, 1.0)
+        log_p = torch.logsumexp(log_joint, 1)
+        logits = log_p + scale * (log_joint[:, y] - log_p)
+        idx = torch.multinomial(torch.softmax(logits, 0), n, replacement=True, generator=generator)
+        cell = (hi - lo) / (grid - 1)
+        jitter = (torch.rand(n, 2, generator=generator, dtype=torch.float64) - 0.5) * cell
+        return (pts[idx] + jitter).float()
+
+
+class ToyEpsMLP(nn.Module):
+    """A small MLP eps-model for 2-D points: [x, time embedding] -> eps (lesson 01)."""
+
+    def __init__(self, hidden: int = 128, depth: int = 3, time_dim: int = 32):
+        super().__init__()
+        self.time_dim = time_dim
+        layers, width = [], 2 + time_dim
+        for _ in range(depth):
+            layers += [nn.Linear(width, hidden), nn.SiLU()]
+            width = hidden
+        self.net = nn.Sequential(*layers, nn.Linear(width, 2))
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.net(torch.cat([x, timestep_embedding(t, self.time_dim)], dim=1))
+
+
+def fit_toy_eps_model(mixture: GaussianMixture2D, schedule: NoiseSchedule, *, steps: int = 3000,
+                      batch: int = 512, lr: float = 2e-3, seed: int = 0, progress: bool = True):
+    """Train :class:`ToyEpsMLP` by denoising score matching on fresh mixture samples; returns (model, losses)."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = ToyEpsMLP()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    losses = []
+    for _ in tqdm(range(steps), desc="toy DSM", disable=not progress, leave=False):
+        x0, _ = mixture.sample(batch, generator=gen)
+        loss = denoising_loss(model, x0, schedule, generator=gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    return model.eval(), losses
+
+
+@torch.no_grad()
+def eps_error_by_t(eps_fn: EpsFn, mixture: GaussianMixture2D, schedule: NoiseSchedule, timesteps, *,
+                   n: int = 2000, seed: int = 0) -> dict[str, Tensor]:
+    """Per timestep: relative error E||eps_fn - eps*||^2 / E||eps*||^2 against the exact eps*, on x_t ~ p_t.
+
+    Also returns the denoising loss E||eps_fn - eps||^2 and its floor E||eps* - eps||^2, whose gap is
+    exactly the mean squared eps error (the reason DSM learns the score).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    exact = mixture.eps_fn(schedule)
+    rel, dsm, floor = [], [], []
+    for t in timesteps:
+        x0, _ = mixture.sample(n, generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        tb = torch.full((n,), int(t), dtype=torch.long)
+        x_t = q_sample(schedule, x0, tb, noise)
+        e_hat, e_star = eps_fn(x_t, tb), exact(x_t, tb)
+        rel.append((e_hat - e_star).pow(2).sum(1).mean() / e_star.pow(2).sum(1).mean())
+        dsm.append((e_hat - noise).pow(2).sum(1).mean())
+        floor.append((e_star - noise).pow(2).sum(1).mean())
+    return {"t": torch.as_tensor(list(timesteps)), "relative_error": torch.stack(rel),
+            "dsm_loss": torch.stack(dsm), "dsm_floor": torch.stack(floor)}
