@@ -25,6 +25,11 @@ from .schedules import NoiseSchedule
 __all__ = ["GaussianMixture2D", "ToyEpsMLP", "fit_toy_eps_model", "eps_error_by_t"]
 
 
+def _marginal_score(log_joint: Tensor, scores: Tensor) -> Tensor:
+    """grad log p_t(x) = sum_k p_t(k | x) grad log p_t(x | k)."""
+    return (torch.softmax(log_joint, 1).unsqueeze(-1) * scores).sum(1)
+
+
 @dataclass(eq=False)
 class GaussianMixture2D:
     """Exact labelled mixture in 2-D; the default has three overlapping, anisotropic classes."""
@@ -64,13 +69,19 @@ class GaussianMixture2D:
         abar = torch.as_tensor(abar, dtype=torch.float64).reshape(-1)
         return x.to(torch.float64), abar.to(x.device).expand(x.shape[0])
 
+    def _terms(self, x: Tensor, abar) -> tuple[Tensor, Tensor]:
+        """(log w_k + log p_t(x | k), grad log p_t(x | k)): shapes (B, K) and (B, K, 2), float64."""
+        x, abar = self._prep(x, abar)
+        shared = bool(torch.all(abar == abar[0]))  # one noise level for the batch: invert once
+        mean, cov = self._noisy_components(abar[:1] if shared else abar)
+        diff = x.unsqueeze(1) - mean
+        scores = -(torch.linalg.inv(cov) @ diff.unsqueeze(-1)).squeeze(-1)
+        maha = -(diff * scores).sum(-1)
+        return self.weights.log() - 0.5 * (maha + torch.logdet(cov) + 2 * math.log(2 * math.pi)), scores
+
     def log_joint(self, x: Tensor, abar) -> Tensor:
         """log w_k + log p_t(x | k), shape (B, K)."""
-        x, abar = self._prep(x, abar)
-        mean, cov = self._noisy_components(abar)
-        diff = x.unsqueeze(1) - mean
-        maha = (diff.unsqueeze(-2) @ torch.linalg.solve(cov, diff.unsqueeze(-1))).reshape(diff.shape[:2])
-        return self.weights.log() - 0.5 * (maha + torch.logdet(cov) + 2 * math.log(2 * math.pi))
+        return self._terms(x, abar)[0]
 
     def log_prob(self, x: Tensor, abar) -> Tensor:
         """log p_t(x), shape (B,)."""
@@ -82,22 +93,33 @@ class GaussianMixture2D:
 
     def component_scores(self, x: Tensor, abar) -> Tensor:
         """grad log p_t(x | k) = -C_k^{-1} (x - m_k), shape (B, K, 2)."""
-        x, abar = self._prep(x, abar)
-        mean, cov = self._noisy_components(abar)
-        return -torch.linalg.solve(cov, (x.unsqueeze(1) - mean).unsqueeze(-1)).squeeze(-1)
+        return self._terms(x, abar)[1]
 
     def score(self, x: Tensor, abar, y=None) -> Tensor:
         """grad log p_t(x), or grad log p_t(x | y) when a class y is given; shape (B, 2), x's dtype."""
-        scores = self.component_scores(x, abar)
+        log_joint, scores = self._terms(x, abar)
         if y is None:
-            out = (self.posterior(x, abar).unsqueeze(-1) * scores).sum(1)
+            out = _marginal_score(log_joint, scores)
         else:
             out = scores[torch.arange(x.shape[0]), self._classes(y, x.shape[0])]
         return out.to(x)
 
+    def posterior_mean_x0(self, x: Tensor, abar) -> Tensor:
+        """E[x_0 | x_t] by Gaussian conditioning per component, sum_k p_t(k|x) (mu_k + sqrt(a) Sigma_k C_k^{-1}(x - m_k)).
+
+        Computed without the score, so it checks Tweedie's formula independently.
+        """
+        x64, abar64 = self._prep(x, abar)
+        mean, cov = self._noisy_components(abar64)
+        gain = abar64.sqrt().reshape(-1, 1, 1, 1) * self.covs @ torch.linalg.inv(cov)  # (B, K, 2, 2)
+        per_k = self.means + (gain @ (x64.unsqueeze(1) - mean).unsqueeze(-1)).squeeze(-1)
+        return (self.posterior(x, abar).unsqueeze(-1) * per_k).sum(1).to(x)
+
     def classifier_grad(self, x: Tensor, abar, y) -> Tensor:
         """grad log p_t(y | x) = grad log p_t(x | y) - grad log p_t(x) (Bayes), shape (B, 2)."""
-        return self.score(x, abar, y) - self.score(x, abar)
+        log_joint, scores = self._terms(x, abar)
+        chosen = scores[torch.arange(x.shape[0]), self._classes(y, x.shape[0])]
+        return (chosen - _marginal_score(log_joint, scores)).to(x)
 
     def _classes(self, y, batch: int) -> Tensor:
         y = torch.as_tensor(y).reshape(-1).long().cpu().expand(batch)

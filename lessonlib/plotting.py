@@ -1,0 +1,75 @@
+"""Figures used across the lessons: image grids, 2-D scatter plots, density contours, PNG export."""
+from __future__ import annotations
+
+import io
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["image_grid", "show_images", "scatter_classes", "density_contours", "to_png"]
+
+CLASS_COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple",
+                "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan"]
+
+
+def image_grid(images: Tensor, *, nrow: int | None = None, pad: int = 2) -> np.ndarray:
+    """Tile (N, C, H, W) images in [-1, 1] into one (H', W', C) array in [0, 1]."""
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must have shape (N, 1 or 3, H, W), got {tuple(images.shape)}.")
+    n, c, h, w = images.shape
+    nrow = nrow or int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / nrow))
+    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) / 2).numpy()
+    grid = np.ones((c, rows * (h + pad) + pad, nrow * (w + pad) + pad), dtype=np.float32)
+    for i in range(n):
+        r, q = divmod(i, nrow)
+        grid[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = x[i]
+    return grid.transpose(1, 2, 0)
+
+
+def show_images(images: Tensor, *, nrow: int | None = None, ax=None, title: str | None = None):
+    """Show a grid of images in [-1, 1] on a matplotlib axis (grey for one channel)."""
+    ax = ax or plt.gca()
+    grid = image_grid(images, nrow=nrow)
+    ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def scatter_classes(ax, x: Tensor, labels: Tensor | None = None, *, s: float = 3, alpha: float = 0.5, **kwargs):
+    """Scatter 2-D points coloured by class (one colour when labels is None)."""
+    x = x.detach().cpu().numpy()
+    colors = "black" if labels is None else [CLASS_COLORS[int(k) % 10] for k in labels]
+    ax.scatter(x[:, 0], x[:, 1], s=s, alpha=alpha, c=colors, linewidths=0, **kwargs)
+    ax.set_aspect("equal")
+    return ax
+
+
+def density_contours(ax, log_density, *, extent=(-4, 4, -4, 4), n: int = 150, levels: int = 8, **kwargs):
+    """Contours of exp(log_density(points)) over a grid; log_density maps (M, 2) -> (M,)."""
+    xs, ys = torch.linspace(extent[0], extent[1], n), torch.linspace(extent[2], extent[3], n)
+    pts = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(-1, 2)
+    z = log_density(pts).exp().reshape(n, n).detach().cpu().numpy()
+    ax.contour(xs.numpy(), ys.numpy(), z, levels=levels, **kwargs)
+    return ax
+
+
+def to_png(obj, *, upscale: int = 1, nrow: int | None = None) -> bytes:
+    """PNG bytes of a matplotlib Figure (closed afterwards) or of (N, C, H, W) images in [-1, 1]."""
+    buf = io.BytesIO()
+    if isinstance(obj, plt.Figure):
+        obj.savefig(buf, format="png", dpi=obj.dpi, bbox_inches="tight")
+        plt.close(obj)
+        return buf.getvalue()
+    if torch.is_tensor(obj):
+        from PIL import Image
+
+        grid = (image_grid(obj, nrow=nrow) * 255).round().astype(np.uint8)
+        grid = grid.repeat(upscale, 0).repeat(upscale, 1)
+        Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(buf, format="PNG")
+        return buf.getvalue()
+    raise TypeError(f"to_png takes a matplotlib Figure or an image tensor, got {type(obj).__name__}.")

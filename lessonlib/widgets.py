@@ -1,0 +1,99 @@
+"""One slider panel for every guidance lesson: controls over a render function, a cache, errors shown.
+
+The panel works the same in JupyterLab, Colab and headless under nbval: a cell can call
+``panel.set(scale=4.0)`` and read ``panel.png`` / ``panel.last`` to check what a student would see.
+"""
+from __future__ import annotations
+
+import html
+import time
+from collections import OrderedDict
+from typing import Any, Callable
+
+import ipywidgets as W
+
+from .plotting import to_png
+
+__all__ = ["SliderPanel", "scale_slider"]
+
+
+def scale_slider(value: float = 1.0, *, min: float = 0.0, max: float = 10.0, step: float = 0.5,  # noqa: A002
+                 description: str = "scale") -> W.FloatSlider:
+    """A guidance-scale slider that renders on release (continuous_update=False)."""
+    return W.FloatSlider(value=value, min=min, max=max, step=step, description=description,
+                         continuous_update=False, readout_format=".2f")
+
+
+class SliderPanel:
+    """Controls -> ``render(**values)`` -> one image; results cached per setting (lessons 01-09).
+
+    ``render`` returns a matplotlib Figure or (N, C, H, W) images in [-1, 1]. Errors raised by
+    ``render`` are shown in the panel in red, and the last good image stays on screen.
+    """
+
+    def __init__(self, render: Callable[..., Any], controls: dict[str, W.ValueWidget], *, title: str = "",
+                 upscale: int = 4, cache_size: int = 64):
+        if not controls:
+            raise ValueError("a SliderPanel needs at least one control, e.g. {'scale': scale_slider()}.")
+        self.render, self.controls, self.upscale = render, dict(controls), upscale
+        self.cache: OrderedDict[tuple, bytes] = OrderedDict()
+        self.cache_size = cache_size
+        self.image = W.Image(format="png")
+        self.status = W.HTML()
+        self.last: dict[str, Any] = {}
+        self._holding = False
+        for widget in self.controls.values():
+            widget.observe(lambda change: self.update(), names="value")
+        header = [W.HTML(f"<b>{html.escape(title)}</b>")] if title else []
+        self.widget = W.VBox(header + [W.HBox(list(self.controls.values())), self.image, self.status])
+        self.update()
+
+    @property
+    def values(self) -> dict[str, Any]:
+        return {name: widget.value for name, widget in self.controls.items()}
+
+    @property
+    def png(self) -> bytes:
+        """The PNG the panel is showing now."""
+        return bytes(self.image.value)
+
+    def set(self, **values) -> "SliderPanel":
+        """Set several controls at once (as a student would by hand) and render once."""
+        unknown = set(values) - set(self.controls)
+        if unknown:
+            raise ValueError(f"unknown control(s) {sorted(unknown)}; this panel has {sorted(self.controls)}.")
+        self._holding = True
+        try:
+            for name, value in values.items():
+                self.controls[name].value = value
+        finally:
+            self._holding = False
+        self.update()
+        return self
+
+    def update(self) -> None:
+        """Render the current setting (or take it from the cache) and show it."""
+        if self._holding:
+            return
+        values = self.values
+        key = tuple(values.items())
+        start = time.perf_counter()
+        cached = key in self.cache
+        try:
+            if not cached:
+                self.cache[key] = to_png(self.render(**values), upscale=self.upscale)
+                if len(self.cache) > self.cache_size:
+                    self.cache.popitem(last=False)
+            self.cache.move_to_end(key)
+            self.image.value = self.cache[key]
+            self.status.value = ""
+            error = None
+        except Exception as exc:  # shown to the student instead of a traceback in the panel
+            error = f"{type(exc).__name__}: {exc}"
+            self.status.value = f"<span style='color:#b00'>{html.escape(error)}</span>"
+        self.last = {"values": values, "cached": cached, "seconds": time.perf_counter() - start, "error": error}
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
