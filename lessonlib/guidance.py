@@ -38,6 +38,7 @@ __all__ = [
     "batched_cfg",
     "mean_shift_factor",
     "grad_guidance",
+    "classifier_grad",
 ]
 
 EpsFn = Callable[[Tensor, Tensor], Tensor]
@@ -182,3 +183,26 @@ def grad_guidance(eps_fn: EpsFn, schedule: NoiseSchedule, grad_fn: GradFn, scale
         return eps - shift
 
     return guided
+
+
+def classifier_grad(classifier: Callable, y, *, num_classes: int = 10) -> GradFn:
+    """grad_x log p(y | x_t) of a noise-aware classifier ``classifier(x_t, t) -> logits`` (lesson 04).
+
+    Gradients are enabled inside, so it works within the samplers' no-grad loop. ``y`` is a class
+    (int) or one class per image (B,).
+    """
+    labels = torch.as_tensor(y)
+    if labels.dtype.is_floating_point or labels.ndim > 1:
+        raise ValueError(f"y must be an integer class or a (B,) tensor of classes, got {y!r}.")
+    if torch.any((labels < 0) | (labels >= num_classes)):
+        raise ValueError(f"classes must lie in 0..{num_classes - 1}, got {labels.unique().tolist()}.")
+
+    def grad(x: Tensor, t: Tensor) -> Tensor:
+        with torch.enable_grad():
+            x_in = x.detach().requires_grad_(True)
+            log_p = torch.log_softmax(classifier(x_in, t), dim=1)
+            chosen = log_p.gather(1, _batch_cond(labels, x.shape[0]).to(x.device).reshape(-1, 1).long())
+            (g,) = torch.autograd.grad(chosen.sum(), x_in)
+        return g
+
+    return grad

@@ -1,10 +1,18 @@
-"""Measurements used across the course: sample distances now; judge-based metrics with lesson 02."""
+"""Measurements used across the course (definitions in DESIGN.md section 7).
+
+- judge accuracy: share of samples the clean judge classifies as the requested class;
+- FID_judge: Frechet distance between Gaussians fitted to judge features of samples and of real
+  test images (always report N, and the real-vs-real floor at the same N);
+- diversity: mean pairwise L2 distance between judge features of samples of one class;
+- energy distance: a sample distance for the 2-D toy (lesson 01).
+"""
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["energy_distance"]
+__all__ = ["energy_distance", "judge_features", "judge_accuracy", "frechet_distance", "fid_judge",
+           "fid_floor", "diversity"]
 
 
 def energy_distance(a: Tensor, b: Tensor) -> float:
@@ -18,3 +26,61 @@ def energy_distance(a: Tensor, b: Tensor) -> float:
     a, b = a.double(), b.double()
     within = lambda s: torch.cdist(s, s).sum() / (len(s) * (len(s) - 1))  # noqa: E731
     return float(2 * torch.cdist(a, b).mean() - within(a) - within(b))
+
+
+@torch.no_grad()
+def _batched(fn, images: Tensor, batch: int) -> Tensor:
+    return torch.cat([fn(images[i:i + batch]) for i in range(0, len(images), batch)])
+
+
+def judge_features(judge: nn.Module, images: Tensor, *, batch: int = 500) -> Tensor:
+    """Judge penultimate features of images in [-1, 1], (N, D) float64 on the CPU (lesson 02)."""
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W) in [-1, 1], got shape {tuple(images.shape)}.")
+    judge.eval()
+    device = next(judge.parameters()).device
+    return _batched(lambda x: judge.features(x.to(device)).double().cpu(), images, batch)
+
+
+def judge_accuracy(judge: nn.Module, images: Tensor, labels, *, batch: int = 500) -> float:
+    """Share of images that the judge assigns to the requested class (class adherence) (lesson 02)."""
+    judge.eval()
+    device = next(judge.parameters()).device
+    labels = torch.as_tensor(labels).reshape(-1).expand(len(images)).cpu()
+    pred = _batched(lambda x: judge(x.to(device)).argmax(1).cpu(), images, batch)
+    return float((pred == labels).float().mean())
+
+
+def frechet_distance(f1: Tensor, f2: Tensor) -> float:
+    """|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2) between Gaussians fitted to two feature sets."""
+    if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1] or min(len(f1), len(f2)) < 2:
+        raise ValueError("frechet_distance needs two (N, D) feature sets with the same D and N >= 2.")
+    f1, f2 = f1.double(), f2.double()
+    mu1, mu2 = f1.mean(0), f2.mean(0)
+    s1, s2 = torch.cov(f1.T), torch.cov(f2.T)
+    evals, evecs = torch.linalg.eigh(s1)
+    s1_half = evecs @ torch.diag(evals.clamp(min=0).sqrt()) @ evecs.T
+    cross = torch.linalg.eigvalsh(s1_half @ s2 @ s1_half).clamp(min=0).sqrt().sum()
+    return float((mu1 - mu2).pow(2).sum() + torch.trace(s1) + torch.trace(s2) - 2 * cross)
+
+
+def fid_judge(judge: nn.Module, samples: Tensor, reference: Tensor) -> float:
+    """FID_judge: Frechet distance of judge features, samples vs real reference images (state N) (lesson 02)."""
+    return frechet_distance(judge_features(judge, samples), judge_features(judge, reference))
+
+
+def fid_floor(judge: nn.Module, test_images: Tensor, n: int, *, seed: int = 0) -> float:
+    """Real-vs-real FID_judge between two disjoint random halves of the test set, n images each (lesson 02)."""
+    if 2 * n > len(test_images):
+        raise ValueError(f"the floor needs 2 * n = {2 * n} test images, only {len(test_images)} available.")
+    order = torch.randperm(len(test_images), generator=torch.Generator().manual_seed(seed))
+    return fid_judge(judge, test_images[order[:n]], test_images[order[n:2 * n]])
+
+
+def diversity(judge: nn.Module, samples: Tensor) -> float:
+    """Mean pairwise L2 distance between judge features of samples (one class at a time) (lesson 04)."""
+    f = judge_features(judge, samples)
+    n = len(f)
+    if n < 2:
+        raise ValueError("diversity needs at least two samples.")
+    return float(torch.cdist(f, f).sum() / (n * (n - 1)))

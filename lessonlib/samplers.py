@@ -15,13 +15,12 @@ DDPM ancestral step (Ho et al. 2020, Algorithm 2): x_s ~ q(x_s | x_t, x0_hat), t
 """
 from __future__ import annotations
 
-import os
 from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from .progress import progress_bar
 from .diffusion import abar_at_prev, eps_from_x0, posterior_mean_variance, step_timesteps, x0_from_eps
 from .schedules import NoiseSchedule
 
@@ -101,9 +100,7 @@ def sample_steps(eps_fn: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, schedu
     options = {"eta": eta} if method == "ddim" else {}
     ts = timestep_sequence(schedule.T, steps).tolist()
     x = x_T
-    bar = tqdm(ts, desc=f"{method} x{len(ts)}", disable=not progress or os.environ.get("TQDM_DISABLE") == "1",
-               leave=False)
-    for i, t in enumerate(bar):
+    for i, t in enumerate(progress_bar(ts, desc=f"{method} x{len(ts)}", enabled=progress)):
         t_prev = ts[i + 1] if i + 1 < len(ts) else -1
         t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
         eps = eps_fn(x, t_batch)

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from .diffusion import denoising_loss, q_sample
 from .guidance import EpsFn, GradFn
 from .nets.embedding import timestep_embedding
+from .progress import progress_bar
 from .schedules import NoiseSchedule
 
 __all__ = ["GaussianMixture2D", "ToyEpsMLP", "fit_toy_eps_model", "eps_error_by_t"]
@@ -202,7 +202,7 @@ def fit_toy_eps_model(mixture: GaussianMixture2D, schedule: NoiseSchedule, *, st
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     losses = []
-    for _ in tqdm(range(steps), desc="toy DSM", disable=not progress, leave=False):
+    for _ in progress_bar(range(steps), desc="toy DSM", enabled=progress):
         x0, _ = mixture.sample(batch, generator=gen)
         loss = denoising_loss(model, x0, schedule, generator=gen)
         opt.zero_grad(set_to_none=True)

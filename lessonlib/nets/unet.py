@@ -1,0 +1,204 @@
+"""A small U-Net eps-model (lesson 02), with the conditioning hooks later lessons use.
+
+``UNet(config)(x_t, t, cond=None) -> eps_hat``. The time embedding (sinusoidal, then an MLP) and any
+condition embedding are summed into one vector ``emb`` that modulates every residual block by
+adaptive group norm (FiLM): GN(h) * (1 + scale(emb)) + shift(emb).
+
+Conditions (``cond``):
+- ``None``: unconditional (for a conditional model, the learned null condition);
+- a long tensor (B,) of class labels, with ``-1`` meaning the null class (lesson 07);
+- a dict with any of ``"class"`` (B,), ``"vec"`` (B, cond_dim) pooled text vectors with a ``"null"`` bool
+  mask (B,) selecting the learned null vector (lesson 08), and ``"tokens"`` (B, L, context_dim) for
+  cross-attention, which lesson 08 adds.
+References: Ho et al. 2020 (architecture), Dhariwal & Nichol 2021 (AdaGN), Perez et al. 2018 (FiLM).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .embedding import timestep_embedding
+
+__all__ = ["UNetConfig", "UNet", "ResBlock", "SelfAttention"]
+
+
+@dataclass
+class UNetConfig:
+    """Shape of the U-Net; every lesson's model is one of these (saved in the zoo manifest)."""
+
+    in_channels: int = 1
+    image_size: int = 28
+    patch_size: int = 1  # 2: space-to-depth in, pixel-shuffle out, so the U-Net works at half resolution
+    base_channels: int = 32
+    channel_mults: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 1
+    attention_resolutions: tuple[int, ...] = (7,)
+    num_classes: int | None = None  # class conditioning with a learned null class
+    cond_dim: int | None = None  # pooled-vector conditioning (text) with a learned null vector
+    dropout: float = 0.0
+    groups: int = 8
+    extra: dict = field(default_factory=dict)  # room for later lessons' options
+
+    def __post_init__(self):
+        self.channel_mults = tuple(self.channel_mults)
+        self.attention_resolutions = tuple(self.attention_resolutions)
+        factor = self.patch_size * 2 ** (len(self.channel_mults) - 1)
+        if self.image_size % factor:
+            raise ValueError(f"image_size {self.image_size} must be divisible by patch_size * 2^(levels-1) = "
+                             f"{factor}; use fewer channel_mults or a smaller patch_size.")
+        if self.base_channels % self.groups:
+            raise ValueError(f"base_channels ({self.base_channels}) must be a multiple of groups ({self.groups}).")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ResBlock(nn.Module):
+    """GN-SiLU-conv, FiLM from the embedding, GN-SiLU-dropout-conv (zero-initialised), plus a skip."""
+
+    def __init__(self, cin: int, cout: int, emb_dim: int, *, groups: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm1, self.conv1 = nn.GroupNorm(groups, cin), nn.Conv2d(cin, cout, 3, padding=1)
+        self.film = nn.Linear(emb_dim, 2 * cout)
+        self.norm2, self.drop = nn.GroupNorm(groups, cout), nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.film(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        return self.skip(x) + self.conv2(self.drop(F.silu(h)))
+
+
+class SelfAttention(nn.Module):
+    """Single-head self-attention over the H*W positions, residual, output projection zero-initialised."""
+
+    def __init__(self, ch: int, *, groups: int):
+        super().__init__()
+        self.norm, self.qkv, self.out = nn.GroupNorm(groups, ch), nn.Conv2d(ch, 3 * ch, 1), nn.Conv2d(ch, ch, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).transpose(-1, -2).unbind(1)
+        y = F.scaled_dot_product_attention(q, k, v)  # (B, HW, C)
+        return x + self.out(y.transpose(-1, -2).reshape(b, c, h, w))
+
+
+class UNet(nn.Module):
+    """Small U-Net eps-model: ``forward(x_t, t, cond=None) -> eps_hat`` (lesson 02)."""
+
+    def __init__(self, config: UNetConfig | None = None, **overrides):
+        super().__init__()
+        cfg = config or UNetConfig(**overrides)
+        self.config = cfg
+        C, g = cfg.base_channels, cfg.groups
+        emb_dim = 4 * C
+        self.time_mlp = nn.Sequential(nn.Linear(C, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.class_emb = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
+        if cfg.cond_dim:
+            self.vec_proj = nn.Linear(cfg.cond_dim, emb_dim)
+            self.null_vec = nn.Parameter(torch.zeros(cfg.cond_dim))
+        block = lambda cin, cout: ResBlock(cin, cout, emb_dim, groups=g, dropout=cfg.dropout)  # noqa: E731
+
+        pixels = cfg.in_channels * cfg.patch_size**2
+        self.inp = nn.Conv2d(pixels, C, 3, padding=1)
+        self.down, skips, ch, res = nn.ModuleList(), [C], C, cfg.image_size // cfg.patch_size
+        for level, mult in enumerate(cfg.channel_mults):
+            for _ in range(cfg.num_res_blocks):
+                self.down.append(self._stage(block(ch, C * mult), C * mult, res))
+                ch = C * mult
+                skips.append(ch)
+            if level < len(cfg.channel_mults) - 1:
+                self.down.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+                skips.append(ch)
+                res //= 2
+        self.mid = nn.ModuleList([block(ch, ch), SelfAttention(ch, groups=g), block(ch, ch)])
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(cfg.channel_mults))):
+            for _ in range(cfg.num_res_blocks + 1):
+                self.up.append(self._stage(block(ch + skips.pop(), C * mult), C * mult, res))
+                ch = C * mult
+            if level > 0:
+                self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)))
+                res *= 2
+        self.out = nn.Sequential(nn.GroupNorm(g, ch), nn.SiLU(), nn.Conv2d(ch, pixels, 3, padding=1))
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+
+    def _stage(self, res_block: ResBlock, ch: int, res: int) -> nn.ModuleList:
+        attn = [SelfAttention(ch, groups=self.config.groups)] if res in self.config.attention_resolutions else []
+        return nn.ModuleList([res_block, *attn])
+
+    # ---- conditioning ----
+    def embed(self, t: Tensor, cond=None) -> Tensor:
+        """Time embedding plus the condition's embedding, (B, 4 * base_channels)."""
+        emb = self.time_mlp(timestep_embedding(t, self.config.base_channels))
+        parts = cond if isinstance(cond, dict) else {"class": cond}
+        unknown = set(parts) - {"class", "vec", "null", "tokens"}
+        if unknown:
+            raise ValueError(f"unknown condition keys {sorted(unknown)}; use 'class', 'vec', 'null', 'tokens'.")
+        if self.class_emb is not None:
+            emb = emb + self.class_emb(self._class_index(parts.get("class"), t.shape[0], t.device))
+        elif parts.get("class") is not None:
+            raise ValueError("this U-Net has no class conditioning (num_classes=None) but was given class labels.")
+        if self.config.cond_dim:
+            emb = emb + self.vec_proj(self._vector(parts.get("vec"), parts.get("null"), t.shape[0]))
+        elif parts.get("vec") is not None:
+            raise ValueError("this U-Net has no vector conditioning (cond_dim=None) but was given 'vec'.")
+        if parts.get("tokens") is not None:
+            raise ValueError("token cross-attention is added in lesson 08; this U-Net takes no 'tokens'.")
+        return emb
+
+    def _class_index(self, y, batch: int, device) -> Tensor:
+        n = self.config.num_classes
+        if y is None:
+            return torch.full((batch,), n, dtype=torch.long, device=device)
+        y = torch.as_tensor(y, device=device)
+        if y.dtype.is_floating_point or y.ndim != 1 or y.shape[0] != batch:
+            raise ValueError(f"class labels must be integers of shape ({batch},), got {y.dtype} {tuple(y.shape)}.")
+        if torch.any((y < -1) | (y >= n)):
+            raise ValueError(f"class labels must lie in 0..{n - 1}, or -1 for the null class; got {y.unique().tolist()}.")
+        return torch.where(y < 0, torch.full_like(y, n), y).long()
+
+    def _vector(self, vec, null, batch: int) -> Tensor:
+        null_vec = self.null_vec.expand(batch, -1)
+        if vec is None:
+            return null_vec
+        if vec.shape != (batch, self.config.cond_dim):
+            raise ValueError(f"'vec' must have shape ({batch}, {self.config.cond_dim}), got {tuple(vec.shape)}.")
+        return vec if null is None else torch.where(null.reshape(-1, 1).to(vec.device), null_vec, vec)
+
+    # ---- forward ----
+    def forward(self, x: Tensor, t: Tensor, cond=None) -> Tensor:
+        cfg = self.config
+        if x.ndim != 4 or x.shape[1:] != (cfg.in_channels, cfg.image_size, cfg.image_size):
+            raise ValueError(f"this U-Net takes images of shape (B, {cfg.in_channels}, {cfg.image_size}, "
+                             f"{cfg.image_size}), got {tuple(x.shape)}.")
+        emb = self.embed(t.reshape(-1).expand(x.shape[0]), cond)
+        h = self.inp(F.pixel_unshuffle(x, cfg.patch_size) if cfg.patch_size > 1 else x)
+        hs = [h]
+        for layer in self.down:
+            h = self._run(layer, h, emb)
+            hs.append(h)
+        h = self.mid[2](self.mid[1](self.mid[0](h, emb)), emb)
+        for layer in self.up:
+            h = self._run(layer, torch.cat([h, hs.pop()], 1), emb) if isinstance(layer, nn.ModuleList) else layer(h)
+        h = self.out(h)
+        return F.pixel_shuffle(h, cfg.patch_size) if cfg.patch_size > 1 else h
+
+    @staticmethod
+    def _run(layer, h: Tensor, emb: Tensor) -> Tensor:
+        if not isinstance(layer, nn.ModuleList):
+            return layer(h)  # a down/up-sampling convolution
+        h = layer[0](h, emb)
+        for attn in layer[1:]:
+            h = attn(h)
+        return h

@@ -1,0 +1,112 @@
+"""Shipped checkpoints: safetensors files plus a manifest of how each was made (lessons 02-10).
+
+``data/checkpoints/manifest.json`` maps a name to its file, sha256, architecture and config, and to
+the recipe, command, data (with image count), wall time, machine and metrics that produced it.
+:func:`load` verifies the sha256 before reading, and only ever reads safetensors (never pickle).
+``$LESSONLIB_CHECKPOINTS`` points elsewhere (for example at checkpoints you retrained).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .nets.classifier import JudgeConfig, JudgeNet, NoisyClassifier, NoisyClassifierConfig
+from .nets.unet import UNet, UNetConfig
+
+__all__ = ["ARCHITECTURES", "ZooError", "checkpoint_dir", "manifest", "load", "save", "sha256_of", "machine_summary"]
+
+ARCHITECTURES: dict[str, tuple[type[nn.Module], type]] = {
+    "UNet": (UNet, UNetConfig),
+    "JudgeNet": (JudgeNet, JudgeConfig),
+    "NoisyClassifier": (NoisyClassifier, NoisyClassifierConfig),
+}
+MAX_BYTES = 10 * 1024 * 1024
+
+
+class ZooError(RuntimeError):
+    """A checkpoint is missing, unknown or does not match its manifest."""
+
+
+def checkpoint_dir() -> Path:
+    """``$LESSONLIB_CHECKPOINTS`` if set, else ``data/checkpoints`` in the repository."""
+    env = os.environ.get("LESSONLIB_CHECKPOINTS")
+    return Path(env).expanduser() if env else Path(__file__).resolve().parent.parent / "data" / "checkpoints"
+
+
+def manifest(directory: Path | None = None) -> dict:
+    """The manifest as a dict (empty if there is none yet)."""
+    path = (directory or checkpoint_dir()) / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def machine_summary() -> str:
+    """A one-line description of this machine: CPU or GPU, core count, torch version."""
+    if torch.cuda.is_available():
+        where = torch.cuda.get_device_name(0)
+    else:
+        where = f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return f"{where}; {platform.system()}; torch {torch.__version__}"
+
+
+def _retrain_hint(name: str, entry: dict | None) -> str:
+    command = (entry or {}).get("command", f"python -m lessonlib.train {name}")
+    return f"Retrain it with `{command}`, or restore data/checkpoints/ from the repository (git checkout)."
+
+
+def load(name: str, *, directory: Path | None = None, device=None) -> nn.Module:
+    """Build the model named ``name`` and load its verified weights; eval mode (lesson 02)."""
+    directory = directory or checkpoint_dir()
+    entries = manifest(directory)
+    if name not in entries:
+        known = ", ".join(sorted(entries)) or "none yet"
+        raise ZooError(f"no checkpoint named {name!r} in {directory / 'manifest.json'} (known: {known}). "
+                       + _retrain_hint(name, None))
+    entry = entries[name]
+    path = directory / entry["file"]
+    if not path.exists():
+        raise ZooError(f"checkpoint file {path} is missing. " + _retrain_hint(name, entry))
+    digest = sha256_of(path)
+    if digest != entry["sha256"]:
+        raise ZooError(f"checkpoint {path} is corrupt or was replaced: sha256 {digest[:12]}... does not match the "
+                       f"manifest's {entry['sha256'][:12]}... " + _retrain_hint(name, entry))
+    model_cls, config_cls = ARCHITECTURES[entry["arch"]]
+    model = model_cls(config_cls(**entry["config"]))
+    model.load_state_dict(load_file(str(path)))
+    return model.to(device or "cpu").eval()
+
+
+def save(name: str, model: nn.Module, *, info: dict, directory: Path | None = None) -> dict:
+    """Write ``<name>.safetensors`` and its manifest entry (arch, config, sha256 and ``info``)."""
+    arch = type(model).__name__
+    if arch not in ARCHITECTURES:
+        raise ZooError(f"cannot save a {arch}: known architectures are {sorted(ARCHITECTURES)}.")
+    directory = directory or checkpoint_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.safetensors"
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path))
+    if path.stat().st_size > MAX_BYTES:
+        raise ZooError(f"{path} is {path.stat().st_size / 1e6:.1f} MB; shipped checkpoints must stay under 10 MB.")
+    entry = {"file": path.name, "sha256": sha256_of(path), "bytes": path.stat().st_size, "arch": arch,
+             "config": model.config.to_dict(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+             "machine": machine_summary(), **info}
+    entries = manifest(directory)
+    entries[name] = entry
+    (directory / "manifest.json").write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
+    return entry

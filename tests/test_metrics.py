@@ -1,0 +1,46 @@
+import numpy as np
+import pytest
+import torch
+from scipy import linalg
+from torch import nn
+
+from lessonlib.metrics import diversity, fid_floor, frechet_distance, judge_accuracy
+
+
+def test_frechet_distance_matches_the_scipy_formula():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(500, 6, generator=g, dtype=torch.float64)
+    b = torch.randn(400, 6, generator=g, dtype=torch.float64) @ torch.randn(6, 6, generator=g, dtype=torch.float64) + 0.5
+    s1, s2 = np.cov(a.numpy().T), np.cov(b.numpy().T)
+    ref = ((a.mean(0) - b.mean(0)) ** 2).sum().item() + np.trace(s1 + s2 - 2 * linalg.sqrtm(s1 @ s2).real)
+    assert frechet_distance(a, b) == pytest.approx(ref, rel=1e-6)
+    assert frechet_distance(a, a) == pytest.approx(0, abs=1e-8)
+    assert frechet_distance(a, a + 2.0) == pytest.approx(6 * 4.0, rel=1e-6)  # a pure shift adds |d mu|^2
+
+
+class Identity(nn.Module):
+    """A fake judge whose features are the flattened image and whose class is the brightest pixel."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def features(self, x):
+        return x.flatten(1)
+
+    def forward(self, x):
+        return x.flatten(1)
+
+
+def test_judge_accuracy_diversity_and_floor():
+    judge = Identity()
+    x = -torch.ones(10, 1, 1, 10)
+    for i in range(10):
+        x[i, 0, 0, i] = 1
+    assert judge_accuracy(judge, x, torch.arange(10)) == 1.0 and judge_accuracy(judge, x, 3) == pytest.approx(0.1)
+    assert diversity(judge, x) == pytest.approx(8**0.5)  # one-hot pairs differ in two places by 2
+    assert diversity(judge, x[:1].repeat(5, 1, 1, 1)) == 0
+    real = torch.randn(400, 1, 1, 4, generator=torch.Generator().manual_seed(0))
+    assert 0 < fid_floor(judge, real, 200) < 0.3
+    with pytest.raises(ValueError, match="2 \\* n"):
+        fid_floor(judge, real, 300)

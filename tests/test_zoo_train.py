@@ -1,0 +1,112 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lessonlib import zoo
+from lessonlib.nets.classifier import JudgeNet
+from lessonlib.nets.unet import UNet, UNetConfig
+from lessonlib.schedules import linear_schedule
+from lessonlib.train import RECIPES, diffusion_loss_fn, drop_conditions, fit, random_shift, run_recipe
+
+TINY = UNetConfig(base_channels=8, channel_mults=(1, 2), groups=4, num_classes=10)
+
+
+def test_save_load_round_trip_is_bitwise(tmp_path):
+    torch.manual_seed(0)
+    net = UNet(TINY)
+    for p in net.parameters():
+        p.data.normal_()
+    entry = zoo.save("tiny", net, info={"command": "python -m lessonlib.train tiny"}, directory=tmp_path)
+    back = zoo.load("tiny", directory=tmp_path)
+    assert entry["sha256"] == zoo.sha256_of(tmp_path / "tiny.safetensors")
+    for (k, a), (_, b) in zip(net.state_dict().items(), back.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert back.config == net.config and not back.training
+
+
+def test_corrupt_missing_and_unknown_checkpoints_are_refused(tmp_path):
+    zoo.save("judge", JudgeNet(), info={"command": "python -m lessonlib.train mnist-judge"}, directory=tmp_path)
+    path = tmp_path / "judge.safetensors"
+    blob = bytearray(path.read_bytes())
+    blob[-1] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    with pytest.raises(zoo.ZooError, match="corrupt.*python -m lessonlib.train mnist-judge"):
+        zoo.load("judge", directory=tmp_path)
+    path.unlink()
+    with pytest.raises(zoo.ZooError, match="missing.*Retrain"):
+        zoo.load("judge", directory=tmp_path)
+    with pytest.raises(zoo.ZooError, match="known: judge"):
+        zoo.load("nope", directory=tmp_path)
+
+
+def test_shipped_checkpoints_are_verified_small_and_documented():
+    entries = zoo.manifest()
+    if not entries:
+        pytest.skip("no shipped checkpoints yet")
+    for name, entry in entries.items():
+        path = zoo.checkpoint_dir() / entry["file"]
+        assert path.suffix == ".safetensors" and path.stat().st_size < 10 * 1024 * 1024
+        load_file(str(path))  # parses as safetensors (no pickle)
+        for key in ("command", "data", "wall_time_s", "machine", "metrics", "recipe", "train_images"):
+            assert key in entry, f"{name} lacks {key}"
+        zoo.load(name)  # sha256 verified
+
+
+def test_a_few_training_steps_lower_the_loss():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(64, 1, 28, 28, generator=g).round() * 2 - 1
+    labels = torch.randint(0, 10, (64,), generator=g)
+    loss_fn = diffusion_loss_fn(images, labels, linear_schedule(1000), batch_size=32, conditional=True,
+                                p_uncond=0.1, generator=g)
+    eval_loss = lambda m: sum(diffusion_loss_fn(images, labels, linear_schedule(1000), batch_size=64, conditional=True,
+                                                generator=torch.Generator().manual_seed(i))(m, 0).item() for i in range(5))
+    net = UNet(TINY)
+    before = eval_loss(net)
+    result = fit(net, loss_fn, steps=40, lr=3e-3, warmup=5, ema_decay=0.9, progress=False)
+    assert result.steps == 40 and eval_loss(result.model) < 0.9 * before
+
+
+def test_condition_dropout_is_per_sample_at_the_requested_rate():
+    labels = torch.arange(10).repeat(20_000)
+    g = torch.Generator().manual_seed(0)
+    dropped = drop_conditions(labels, 0.2, g) == -1
+    assert abs(dropped.float().mean().item() - 0.2) < 0.01
+    assert 0 < dropped.view(-1, 10).sum(1).float().std().item()  # not all-or-nothing per batch
+    assert not (drop_conditions(labels, 0.0, g) == -1).any() and (drop_conditions(labels, 1.0, g) == -1).all()
+    with pytest.raises(ValueError, match="p_uncond"):
+        drop_conditions(labels, 1.5)
+
+
+def test_random_shift_keeps_ink_and_moves_it():
+    x = -torch.ones(8, 1, 28, 28)
+    x[:, :, 10:18, 10:18] = 1
+    y = random_shift(x, 2, torch.Generator().manual_seed(0))
+    assert torch.equal((y == 1).sum((1, 2, 3)), (x == 1).sum((1, 2, 3))) and not torch.equal(x, y)
+
+
+def test_run_recipe_writes_a_documented_entry(tmp_path):
+    _, entry = run_recipe("mnist-judge", steps=3, directory=tmp_path, evaluate=False, progress=False)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["mnist-judge"]["steps_done"] == 3 and entry["train_images"] > 1000
+    with pytest.raises(ValueError, match="available"):
+        run_recipe("mnist-everything")
+    assert {"mnist-judge", "mnist-uncond"} <= set(RECIPES)
+
+
+def test_generate_is_seeded_batched_and_clamped():
+    from lessonlib.bench import generate
+    s = linear_schedule(50)
+    eps = lambda x, t: -3 * x  # pushes samples outside [-1, 1] so clamping is visible
+    a, _ = generate(eps, 5, s, steps=4, batch=2, seed=1, shape=(1, 4, 4))
+    b, _ = generate(eps, 5, s, steps=4, batch=2, seed=1, shape=(1, 4, 4))
+    assert a.shape == (5, 1, 4, 4) and torch.equal(a, b) and a.abs().max() <= 1
+
+
+def test_bench_command_line_rejects_unknown_benchmarks(capsys):
+    from lessonlib.bench import main
+    with pytest.raises(SystemExit):
+        main(["everything"])
+    assert "invalid choice" in capsys.readouterr().err
