@@ -1,4 +1,4 @@
 """Networks: time embeddings, the small U-Net, classifiers."""
-from .embedding import timestep_embedding
+from .embedding import TimeMLP, timestep_embedding
 
-__all__ = ["timestep_embedding"]
+__all__ = ["TimeMLP", "timestep_embedding"]

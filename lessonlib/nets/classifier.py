@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .embedding import timestep_embedding
+from .embedding import TimeMLP
 from .unet import ResBlock, SelfAttention
 
 __all__ = ["JudgeConfig", "JudgeNet", "NoisyClassifierConfig", "NoisyClassifier"]
@@ -92,7 +92,7 @@ class NoisyClassifier(nn.Module):
         self.config = cfg
         C, g = cfg.base_channels, cfg.groups
         emb_dim = 4 * C
-        self.time_mlp = nn.Sequential(nn.Linear(C, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.time_mlp = TimeMLP(C, emb_dim)
         self.inp = nn.Conv2d(cfg.in_channels, C, 3, stride=cfg.stem_stride, padding=1)
         self.blocks, ch, res = nn.ModuleList(), C, (cfg.image_size + cfg.stem_stride - 1) // cfg.stem_stride
         for level, mult in enumerate(cfg.channel_mults):
@@ -112,7 +112,7 @@ class NoisyClassifier(nn.Module):
         if x.ndim != 4 or x.shape[1:] != (cfg.in_channels, cfg.image_size, cfg.image_size):
             raise ValueError(f"this classifier takes images (B, {cfg.in_channels}, {cfg.image_size}, {cfg.image_size}) "
                              f"in [-1, 1], got {tuple(x.shape)}.")
-        emb = self.time_mlp(timestep_embedding(t.reshape(-1).expand(x.shape[0]), cfg.base_channels))
+        emb = self.time_mlp(t.reshape(-1).expand(x.shape[0]))
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, emb) if isinstance(block, ResBlock) else block(h)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .embedding import timestep_embedding
+from .embedding import TimeMLP
 
 __all__ = ["UNetConfig", "UNet", "ResBlock", "SelfAttention"]
 
@@ -101,7 +101,7 @@ class UNet(nn.Module):
         self.config = cfg
         C, g = cfg.base_channels, cfg.groups
         emb_dim = 4 * C
-        self.time_mlp = nn.Sequential(nn.Linear(C, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.time_mlp = TimeMLP(C, emb_dim)
         self.class_emb = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
         if cfg.cond_dim:
             self.vec_proj = nn.Linear(cfg.cond_dim, emb_dim)
@@ -140,7 +140,7 @@ class UNet(nn.Module):
     # ---- conditioning ----
     def embed(self, t: Tensor, cond=None) -> Tensor:
         """Time embedding plus the condition's embedding, (B, 4 * base_channels)."""
-        emb = self.time_mlp(timestep_embedding(t, self.config.base_channels))
+        emb = self.time_mlp(t)
         parts = cond if isinstance(cond, dict) else {"class": cond}
         unknown = set(parts) - {"class", "vec", "null", "tokens"}
         if unknown:
