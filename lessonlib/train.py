@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import zoo
-from .data import load_mnist
+from .data import load_cifar10, load_mnist
 from .diffusion import denoising_loss, q_sample
 from .nets.classifier import JudgeConfig, NoisyClassifierConfig
 from .nets.unet import UNetConfig
@@ -28,7 +28,7 @@ from .progress import progress_bar
 from .schedules import make_schedule
 
 __all__ = ["Recipe", "RECIPES", "TrainResult", "fit", "diffusion_loss_fn", "classifier_loss_fn", "accuracy_by_t",
-           "drop_conditions", "random_shift", "run_recipe", "main"]
+           "drop_conditions", "load_dataset", "random_shift", "run_recipe", "main"]
 
 
 @dataclass
@@ -98,6 +98,14 @@ def drop_conditions(labels: Tensor, p_uncond: float, generator: torch.Generator 
     return torch.where(drop.to(labels.device), torch.full_like(labels, -1), labels)
 
 
+def load_dataset(name: str, split: str):
+    """The ImageSet a recipe trains or measures on: ``"mnist"`` or ``"cifar10"``."""
+    loaders = {"mnist": load_mnist, "cifar10": load_cifar10}
+    if name not in loaders:
+        raise ValueError(f"unknown dataset {name!r}; use one of {sorted(loaders)}.")
+    return loaders[name](split)
+
+
 def _batch(images: Tensor, labels: Tensor, size: int, generator: torch.Generator):
     idx = torch.randint(0, len(images), (size,), generator=generator)
     return images[idx], labels[idx]
@@ -161,6 +169,7 @@ class Recipe:
     schedule: str = "linear"
     T: int = 1000
     seed: int = 0
+    dataset: str = "mnist"  # "mnist" or "cifar10"
     description: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -175,6 +184,13 @@ RECIPES: dict[str, Recipe] = {
         asdict(UNetConfig(patch_size=2, base_channels=32, channel_mults=(1, 2), attention_resolutions=(7,))),
         steps=4500, batch_size=64, lr=2e-3, ema_decay=0.999, warmup=200,
         description="unconditional MNIST eps-model, linear schedule T=1000, 2x2 patches, ~0.76M parameters"),
+    "mnist-cfg": Recipe(
+        "mnist-cfg", "diffusion", "UNet",
+        asdict(UNetConfig(patch_size=2, base_channels=32, channel_mults=(1, 2), attention_resolutions=(7,),
+                          num_classes=10)),
+        steps=4500, batch_size=64, lr=2e-3, ema_decay=0.999, warmup=200, p_uncond=0.1,
+        description="class-conditional MNIST eps-model for classifier-free guidance: the mnist-uncond U-Net plus a "
+                    "class embedding with a learned null class, labels dropped to null with p_uncond = 0.1"),
     "mnist-noisy-classifier": Recipe(
         "mnist-noisy-classifier", "noisy-classifier", "NoisyClassifier", asdict(NoisyClassifierConfig()),
         steps=6000, batch_size=128, lr=2e-3, weight_decay=1e-4, warmup=100,
@@ -185,6 +201,26 @@ RECIPES: dict[str, Recipe] = {
         steps=2500, batch_size=128, lr=2e-3, weight_decay=1e-4, warmup=100,
         description="the same architecture trained on clean x0 only (t = 0): the counter-example of lesson 03"),
 }
+
+_CIFAR_UNET = UNetConfig(in_channels=3, image_size=32, patch_size=2, base_channels=32, channel_mults=(1, 2),
+                         attention_resolutions=(8,), num_classes=10)
+RECIPES.update({
+    "cifar10-judge": Recipe(
+        "cifar10-judge", "judge", "JudgeNet", asdict(JudgeConfig(in_channels=3)), steps=2500, batch_size=128,
+        lr=3e-3, weight_decay=5e-4, warmup=100, dataset="cifar10",
+        description="clean CIFAR-10 judge (measurement only) trained on the 20,000-image JPEG subset: a weak judge"),
+    "cifar10-cfg": Recipe(
+        "cifar10-cfg", "diffusion", "UNet", asdict(_CIFAR_UNET), steps=3300, batch_size=64, lr=2e-3,
+        ema_decay=0.999, warmup=200, p_uncond=0.1, dataset="cifar10", extra={"eval_n": 500},
+        description="class-conditional CIFAR-10 eps-model for CFG, 2x2 patches, p_uncond = 0.1: CPU-sized, so blurry"),
+})
+# the p_uncond ablation of lesson 07: one short budget for every rate (shorter than mnist-cfg, said in the lesson)
+for _p in (0.0, 0.1, 0.2, 0.5, 1.0):
+    _name = f"mnist-cfg-p{_p:g}"
+    RECIPES[_name] = Recipe(
+        _name, "diffusion", "UNet", dict(RECIPES["mnist-cfg"].config), steps=1000, batch_size=64, lr=2e-3,
+        ema_decay=0.995, warmup=100, p_uncond=_p, extra={"eval_n": 500},
+        description=f"p_uncond ablation: the mnist-cfg model with p_uncond = {_p:g}, trained for 1,000 steps only")
 
 CLASSIFIER_EVAL_T = (0, 50, 100, 200, 300, 400, 500, 600, 700, 800, 999)
 
@@ -207,21 +243,32 @@ def _evaluate(recipe: Recipe, model: nn.Module, progress: bool) -> dict:
     from .bench import generate
     from .metrics import fid_floor, fid_judge, judge_accuracy
 
-    test = load_mnist("test")
+    test = load_dataset(recipe.dataset, "test")
     schedule = make_schedule(recipe.schedule, recipe.T)
     if recipe.task == "judge":
         return {"test_accuracy": judge_accuracy(model, test.images, test.labels), "test_images": len(test)}
     if recipe.task.endswith("classifier"):
         return {"test_accuracy_by_t": accuracy_by_t(model, test.images, test.labels, schedule), "test_images": len(test)}
     try:
-        judge = zoo.load("mnist-judge")
+        judge = zoo.load(f"{recipe.dataset}-judge")
     except zoo.ZooError as exc:
         return {"note": f"no judge to measure with ({exc})"}
-    n, gen = 1000, torch.Generator().manual_seed(0)
-    eps = lambda x, t: model(x, t)  # noqa: E731
-    xs, _ = generate(eps, n, schedule, steps=50, seed=0, progress=progress)
+    n, gen = recipe.extra.get("eval_n", 1000), torch.Generator().manual_seed(0)
+    shape = (model.config.in_channels, model.config.image_size, model.config.image_size)
     ref = test.images[torch.randperm(len(test), generator=gen)[:n]]
-    return {"fid_judge_ddim50": fid_judge(judge, xs, ref), "fid_floor": fid_floor(judge, test.images, n), "n": n}
+    floor = fid_floor(judge, test.images, n)
+    if not model.config.num_classes:
+        xs, _ = generate(lambda x, t: model(x, t), n, schedule, steps=50, seed=0, shape=shape, progress=progress)
+        return {"fid_judge_ddim50": fid_judge(judge, xs, ref), "fid_floor": floor, "n": n}
+    from .guidance import batched_cfg
+
+    y = torch.arange(n) % 10
+    out = {"fid_floor": floor, "n": n, "sampler": "ddim-25"}
+    for scale in (0.0, 1.0, 3.0):
+        eps = batched_cfg(model, y, -1, scale)
+        xs, _ = generate(eps, n, schedule, steps=25, seed=0, batch=n, shape=shape, progress=progress)
+        out[f"cfg{scale:g}"] = {"fid_judge": fid_judge(judge, xs, ref), "adherence": judge_accuracy(judge, xs, y)}
+    return out
 
 
 def run_recipe(name: str, *, steps: int | None = None, time_limit_min: float | None = None,
@@ -234,7 +281,7 @@ def run_recipe(name: str, *, steps: int | None = None, time_limit_min: float | N
         recipe.steps = steps
     torch.manual_seed(recipe.seed)
     gen = torch.Generator().manual_seed(recipe.seed)
-    train = load_mnist("train")
+    train = load_dataset(recipe.dataset, "train")
     model_cls, config_cls = zoo.ARCHITECTURES[recipe.arch]
     model = model_cls(config_cls(**recipe.config))
     schedule = make_schedule(recipe.schedule, recipe.T)

@@ -1,0 +1,67 @@
+"""Classifier-free guidance pieces of lesson 07: recipes, datasets, and the cfg / widgets benchmarks."""
+import os
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from lessonlib import zoo
+from lessonlib.bench import bench_cfg, bench_widgets, main
+from lessonlib.guidance import batched_cfg
+from lessonlib.nets.unet import UNet, UNetConfig
+from lessonlib.train import RECIPES, load_dataset, run_recipe
+
+TINY = UNetConfig(base_channels=8, channel_mults=(1, 2), groups=4, num_classes=10)
+
+
+@pytest.fixture
+def tiny_zoo(tmp_path, monkeypatch):
+    """A checkpoint directory holding a tiny class-conditional 'mnist-cfg' (random weights, T = 50)."""
+    torch.manual_seed(0)
+    net = UNet(TINY)
+    for p in net.parameters():
+        p.data.normal_(0, 0.05)
+    zoo.save("mnist-cfg", net, info={"command": "test", "recipe": {"T": 50}}, directory=tmp_path)
+    monkeypatch.setenv("LESSONLIB_CHECKPOINTS", str(tmp_path))
+    return net
+
+
+def test_ablation_recipes_differ_only_in_p_uncond():
+    rates = {name: r.p_uncond for name, r in RECIPES.items() if name.startswith("mnist-cfg-p")}
+    assert sorted(rates.values()) == [0.0, 0.1, 0.2, 0.5, 1.0]
+    base = asdict(RECIPES["mnist-cfg-p0.1"])
+    for name in rates:
+        other = asdict(RECIPES[name])
+        assert {k for k in base if base[k] != other[k]} <= {"name", "p_uncond", "description"}, name
+    assert RECIPES["mnist-cfg"].p_uncond == 0.1 and RECIPES["mnist-cfg"].config["num_classes"] == 10
+
+
+def test_cifar_recipes_use_colour_images():
+    for name in ("cifar10-cfg", "cifar10-judge"):
+        assert RECIPES[name].dataset == "cifar10" and RECIPES[name].config["in_channels"] == 3
+    with pytest.raises(ValueError, match="unknown dataset"):
+        load_dataset("imagenet", "train")
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(os.environ.get("LESSONLIB_DATA", "/nonexistent"), "cifar10-jpeg")),
+                    reason="no CIFAR-10 under LESSONLIB_DATA (CI sets it to ../shared/data)")
+def test_cifar_cfg_recipe_trains_and_saves(tmp_path):
+    model, entry = run_recipe("cifar10-cfg", steps=2, directory=tmp_path, evaluate=False, progress=False)
+    assert entry["steps_done"] == 2 and "CIFAR-10" in entry["data"] and entry["train_images"] >= 1000
+    x = torch.randn(2, 3, 32, 32)
+    assert batched_cfg(model, torch.tensor([1, 2]), -1, 3.0)(x, torch.tensor([10, 10])).shape == x.shape
+
+
+def test_cfg_benchmark_measures_every_batch(tiny_zoo, capsys):
+    rows = bench_cfg(batches=(2, 8), min_seconds=0.05)
+    assert [r["batch"] for r in rows] == [2, 8]
+    for r in rows:  # timings themselves are the benchmark's business; here: every number is there and sane
+        assert all(0 < r[k] < float("inf") for k in ("conditional", "batched_cfg", "two_passes", "ratio_batched"))
+    assert "batched CFG" in capsys.readouterr().out
+
+
+def test_widgets_benchmark_renders_then_hits_the_cache(tiny_zoo):
+    out = bench_widgets(n_images=2, steps=2, settings=2)
+    assert out["cached_s"] < out["uncached_s"]
+    with pytest.raises(SystemExit):
+        main(["widgets", "--images", "many"])
