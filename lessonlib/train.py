@@ -12,7 +12,7 @@ import copy
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -174,20 +174,20 @@ class Recipe:
     extra: dict = field(default_factory=dict)
 
 
+_MNIST_UNET = UNetConfig(patch_size=2, base_channels=32, channel_mults=(1, 2), attention_resolutions=(7,))
+_CIFAR_UNET = replace(_MNIST_UNET, in_channels=3, image_size=32, attention_resolutions=(8,), num_classes=10)
+
 RECIPES: dict[str, Recipe] = {
     "mnist-judge": Recipe(
         "mnist-judge", "judge", "JudgeNet", asdict(JudgeConfig()), steps=3000, batch_size=128, lr=3e-3,
         weight_decay=5e-4, warmup=100,
         description="clean MNIST judge (measurement only): VGG-style CNN, random shifts of up to 2 px"),
     "mnist-uncond": Recipe(
-        "mnist-uncond", "diffusion", "UNet",
-        asdict(UNetConfig(patch_size=2, base_channels=32, channel_mults=(1, 2), attention_resolutions=(7,))),
+        "mnist-uncond", "diffusion", "UNet", asdict(_MNIST_UNET),
         steps=4500, batch_size=64, lr=2e-3, ema_decay=0.999, warmup=200,
         description="unconditional MNIST eps-model, linear schedule T=1000, 2x2 patches, ~0.76M parameters"),
     "mnist-cfg": Recipe(
-        "mnist-cfg", "diffusion", "UNet",
-        asdict(UNetConfig(patch_size=2, base_channels=32, channel_mults=(1, 2), attention_resolutions=(7,),
-                          num_classes=10)),
+        "mnist-cfg", "diffusion", "UNet", asdict(replace(_MNIST_UNET, num_classes=10)),
         steps=4500, batch_size=64, lr=2e-3, ema_decay=0.999, warmup=200, p_uncond=0.1,
         description="class-conditional MNIST eps-model for classifier-free guidance: the mnist-uncond U-Net plus a "
                     "class embedding with a learned null class, labels dropped to null with p_uncond = 0.1"),
@@ -202,8 +202,6 @@ RECIPES: dict[str, Recipe] = {
         description="the same architecture trained on clean x0 only (t = 0): the counter-example of lesson 03"),
 }
 
-_CIFAR_UNET = UNetConfig(in_channels=3, image_size=32, patch_size=2, base_channels=32, channel_mults=(1, 2),
-                         attention_resolutions=(8,), num_classes=10)
 RECIPES.update({
     "cifar10-judge": Recipe(
         "cifar10-judge", "judge", "JudgeNet", asdict(JudgeConfig(in_channels=3)), steps=2500, batch_size=128,
@@ -262,7 +260,7 @@ def _evaluate(recipe: Recipe, model: nn.Module, progress: bool) -> dict:
         return {"fid_judge_ddim50": fid_judge(judge, xs, ref), "fid_floor": floor, "n": n}
     from .guidance import batched_cfg
 
-    y = torch.arange(n) % 10
+    y = torch.arange(n) % model.config.num_classes
     out = {"fid_floor": floor, "n": n, "sampler": "ddim-25"}
     for scale in (0.0, 1.0, 3.0):
         eps = batched_cfg(model, y, -1, scale)
