@@ -1,4 +1,4 @@
-"""Guidance as an algebra over eps-functions (lessons 01, 04, 07).
+"""Guidance as an algebra over eps-functions (lessons 01, 04, 06, 07).
 
 An ``EpsFn`` maps ``(x_t, t) -> eps_hat`` with integer timesteps t of shape (B,). Models become
 EpsFns by binding a condition (:func:`conditional`); guidance methods take EpsFns and return one;
@@ -12,6 +12,7 @@ samplers consume a single EpsFn. One scale convention everywhere:
 | eps_u + sum_i w_i (eps_i - eps_u)     | :func:`compose`              | Liu et al. 2022            |
 | eps - s sqrt(1 - abar_t) grad         | :func:`grad_guidance`        | Dhariwal & Nichol 2021     |
 | mean + s sigma_t^2 grad (DDPM)        | ``form="mean_shift"``        | Dhariwal & Nichol, Alg. 1  |
+| grad cos(CLIP(x0_hat or x_t), text)   | :func:`clip_grad`            | Nichol et al. 2022 (GLIDE) |
 
 The (1 + w) form of Ho & Salimans, (1 + w) eps_c - w eps_u, is the same number with w = s - 1.
 """
@@ -39,6 +40,8 @@ __all__ = [
     "mean_shift_factor",
     "grad_guidance",
     "classifier_grad",
+    "input_grad",
+    "clip_grad",
 ]
 
 EpsFn = Callable[[Tensor, Tensor], Tensor]
@@ -197,12 +200,41 @@ def classifier_grad(classifier: Callable, y, *, num_classes: int = 10) -> GradFn
     if torch.any((labels < 0) | (labels >= num_classes)):
         raise ValueError(f"classes must lie in 0..{num_classes - 1}, got {labels.unique().tolist()}.")
 
-    def grad(x: Tensor, t: Tensor) -> Tensor:
-        with torch.enable_grad():
-            x_in = x.detach().requires_grad_(True)
-            log_p = torch.log_softmax(classifier(x_in, t), dim=1)
-            chosen = log_p.gather(1, _batch_cond(labels, x.shape[0]).to(x.device).reshape(-1, 1).long())
-            (g,) = torch.autograd.grad(chosen.sum(), x_in)
-        return g
+    def log_p(x: Tensor, t: Tensor) -> Tensor:
+        chosen = _batch_cond(labels, x.shape[0]).to(x.device).reshape(-1, 1).long()
+        return torch.log_softmax(classifier(x, t), dim=1).gather(1, chosen)
 
-    return grad
+    return lambda x, t: input_grad(log_p, x, t)
+
+
+def input_grad(score: Callable[[Tensor, Tensor], Tensor], x: Tensor, t: Tensor) -> Tensor:
+    """grad_x of sum(score(x, t)) with gradients enabled, usable inside the samplers' no-grad loop."""
+    with torch.enable_grad():
+        x_in = x.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(score(x_in, t).sum(), x_in)
+    return g
+
+
+def clip_grad(image_encoder: Callable, text_emb: Tensor, *, eps_fn: EpsFn | None = None,
+              schedule: NoiseSchedule | None = None) -> GradFn:
+    """grad_x cos(E(.), e_text): the CLIP guidance direction (lesson 06).
+
+    With ``eps_fn`` and ``schedule`` (clean CLIP), E sees x0_hat(x_t) = (x_t - sqrt(1-abar) eps) / sqrt(abar),
+    clipped to [-1, 1] as the sampler clips it, and the gradient flows back through the eps-model too. Without them, ``image_encoder(x_t, t)`` is a
+    noise-aware image tower that reads x_t directly (GLIDE's noised CLIP). ``text_emb`` is (D,) or (B, D).
+    """
+    if (eps_fn is None) != (schedule is None):
+        raise ValueError("give both eps_fn and schedule (clean CLIP on x0_hat) or neither (noise-aware encoder).")
+    if text_emb.ndim not in (1, 2):
+        raise ValueError(f"text_emb must be (D,) or (B, D), got shape {tuple(text_emb.shape)}.")
+    target = torch.nn.functional.normalize(text_emb.detach(), dim=-1).reshape(-1, text_emb.shape[-1])
+
+    def cosine(x: Tensor, t: Tensor) -> Tensor:
+        if eps_fn is None:
+            emb = image_encoder(x, t)
+        else:
+            a = schedule.at("abar", t, x)
+            emb = image_encoder(((x - (1 - a).sqrt() * eps_fn(x, t)) / a.sqrt()).clamp(-1, 1))
+        return (torch.nn.functional.normalize(emb, dim=-1) * _batch_cond(target, x.shape[0])).sum(-1)
+
+    return lambda x, t: input_grad(cosine, x, t)

@@ -1,4 +1,4 @@
-"""One training loop and the course's named recipes: ``python -m lessonlib.train RECIPE`` (lesson 02).
+"""One training loop for every model: ``python -m lessonlib.train RECIPE`` (lesson 02).
 
 :func:`fit` is the loop every model uses: AdamW, linear warm-up then cosine decay, optional EMA of
 the weights, a progress bar, an optional wall-clock limit. A recipe fixes the model, data, loss and
@@ -12,7 +12,7 @@ import copy
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
@@ -20,15 +20,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import zoo
-from .data import load_cifar10, load_mnist
+from .captions import measure, random_captions
 from .diffusion import denoising_loss, q_sample
-from .nets.classifier import JudgeConfig, NoisyClassifierConfig
-from .nets.unet import UNetConfig
+from .evaluate import accuracy_by_t, load_dataset
+from .evaluate import evaluate as evaluate_checkpoint
 from .progress import progress_bar
+from .recipes import RECIPES, Recipe
 from .schedules import make_schedule
 
 __all__ = ["Recipe", "RECIPES", "TrainResult", "fit", "diffusion_loss_fn", "classifier_loss_fn", "accuracy_by_t",
-           "drop_conditions", "load_dataset", "random_shift", "run_recipe", "main"]
+           "drop_conditions", "load_dataset", "random_shift", "run_recipe", "main", "clip_loss_fn",
+           "text_diffusion_loss_fn"]
 
 
 @dataclass
@@ -98,14 +100,6 @@ def drop_conditions(labels: Tensor, p_uncond: float, generator: torch.Generator 
     return torch.where(drop.to(labels.device), torch.full_like(labels, -1), labels)
 
 
-def load_dataset(name: str, split: str):
-    """The ImageSet a recipe trains or measures on: ``"mnist"`` or ``"cifar10"``."""
-    loaders = {"mnist": load_mnist, "cifar10": load_cifar10}
-    if name not in loaders:
-        raise ValueError(f"unknown dataset {name!r}; use one of {sorted(loaders)}.")
-    return loaders[name](split)
-
-
 def _batch(images: Tensor, labels: Tensor, size: int, generator: torch.Generator):
     idx = torch.randint(0, len(images), (size,), generator=generator)
     return images[idx], labels[idx]
@@ -151,122 +145,57 @@ def classifier_loss_fn(images: Tensor, labels: Tensor, *, batch_size: int, gener
     return loss
 
 
-@dataclass
-class Recipe:
-    """Everything that defines a shipped checkpoint's training run."""
-
-    name: str
-    task: str  # "diffusion", "judge", "noisy-classifier" or "clean-classifier"
-    arch: str
-    config: dict
-    steps: int
-    batch_size: int
-    lr: float
-    ema_decay: float | None = None
-    weight_decay: float = 0.0
-    warmup: int = 100
-    p_uncond: float = 0.0
-    schedule: str = "linear"
-    T: int = 1000
-    seed: int = 0
-    dataset: str = "mnist"  # "mnist" or "cifar10"
-    description: str = ""
-    extra: dict = field(default_factory=dict)
+def _caption_batch(images: Tensor, labels: Tensor, words: dict, batch_size: int, generator: torch.Generator,
+                   **caption_options) -> tuple[Tensor, list[str]]:
+    idx = torch.randint(0, len(images), (batch_size,), generator=generator)
+    texts = random_captions(labels[idx], {a: [w[i] for i in idx.tolist()] for a, w in words.items()},
+                            generator=generator, **caption_options)
+    return idx, texts
 
 
-_MNIST_UNET = UNetConfig(patch_size=2, base_channels=32, channel_mults=(1, 2), attention_resolutions=(7,))
-_CIFAR_UNET = replace(_MNIST_UNET, in_channels=3, image_size=32, attention_resolutions=(8,), num_classes=10)
+def clip_loss_fn(images: Tensor, labels: Tensor, *, batch_size: int, generator: torch.Generator, bins,
+                 text_encoder: Callable | None = None, schedule=None, logit_scale: float | None = None,
+                 max_shift: int = 2) -> Callable[[nn.Module, int], Tensor]:
+    """Symmetric contrastive loss on shifted digits and random captions of their measured attributes (lesson 05).
 
-RECIPES: dict[str, Recipe] = {
-    "mnist-judge": Recipe(
-        "mnist-judge", "judge", "JudgeNet", asdict(JudgeConfig()), steps=3000, batch_size=128, lr=3e-3,
-        weight_decay=5e-4, warmup=100,
-        description="clean MNIST judge (measurement only): VGG-style CNN, random shifts of up to 2 px"),
-    "mnist-uncond": Recipe(
-        "mnist-uncond", "diffusion", "UNet", asdict(_MNIST_UNET),
-        steps=4500, batch_size=64, lr=2e-3, ema_decay=0.999, warmup=200,
-        description="unconditional MNIST eps-model, linear schedule T=1000, 2x2 patches, ~0.76M parameters"),
-    "mnist-cfg": Recipe(
-        "mnist-cfg", "diffusion", "UNet", asdict(replace(_MNIST_UNET, num_classes=10)),
-        steps=4500, batch_size=64, lr=2e-3, ema_decay=0.999, warmup=200, p_uncond=0.1,
-        description="class-conditional MNIST eps-model for classifier-free guidance: the mnist-uncond U-Net plus a "
-                    "class embedding with a learned null class, labels dropped to null with p_uncond = 0.1"),
-    "mnist-noisy-classifier": Recipe(
-        "mnist-noisy-classifier", "noisy-classifier", "NoisyClassifier", asdict(NoisyClassifierConfig()),
-        steps=6000, batch_size=128, lr=2e-3, weight_decay=1e-4, warmup=100,
-        description="noise-aware MNIST classifier f(x_t, t): U-Net encoder + time embedding, trained on "
-                    "q_sample(x0, t) with t uniform over the linear T=1000 schedule"),
-    "mnist-clean-classifier": Recipe(
-        "mnist-clean-classifier", "clean-classifier", "NoisyClassifier", asdict(NoisyClassifierConfig()),
-        steps=2500, batch_size=128, lr=2e-3, weight_decay=1e-4, warmup=100,
-        description="the same architecture trained on clean x0 only (t = 0): the counter-example of lesson 03"),
-}
+    With ``text_encoder`` (a frozen CLIP's text tower), a fixed ``logit_scale`` and a ``schedule``, the model is
+    an image encoder of (x_t, t) trained on q_sample(x0, t) with t uniform: the noise-aware CLIP of lesson 06.
+    """
+    from .clip import contrastive_loss
 
-RECIPES.update({
-    "cifar10-judge": Recipe(
-        "cifar10-judge", "judge", "JudgeNet", asdict(JudgeConfig(in_channels=3)), steps=2500, batch_size=128,
-        lr=3e-3, weight_decay=5e-4, warmup=100, dataset="cifar10",
-        description="clean CIFAR-10 judge (measurement only) trained on the 20,000-image JPEG subset: a weak judge"),
-    "cifar10-cfg": Recipe(
-        "cifar10-cfg", "diffusion", "UNet", asdict(_CIFAR_UNET), steps=3300, batch_size=64, lr=2e-3,
-        ema_decay=0.999, warmup=200, p_uncond=0.1, dataset="cifar10", extra={"eval_n": 500},
-        description="class-conditional CIFAR-10 eps-model for CFG, 2x2 patches, p_uncond = 0.1: CPU-sized, so blurry"),
-})
-# the p_uncond ablation of lesson 07: one short budget for every rate (shorter than mnist-cfg, said in the lesson)
-for _p in (0.0, 0.1, 0.2, 0.5, 1.0):
-    _name = f"mnist-cfg-p{_p:g}"
-    RECIPES[_name] = Recipe(
-        _name, "diffusion", "UNet", dict(RECIPES["mnist-cfg"].config), steps=1000, batch_size=64, lr=2e-3,
-        ema_decay=0.995, warmup=100, p_uncond=_p, extra={"eval_n": 500},
-        description=f"p_uncond ablation: the mnist-cfg model with p_uncond = {_p:g}, trained for 1,000 steps only")
+    words = bins.words(measure(images))
 
-CLASSIFIER_EVAL_T = (0, 50, 100, 200, 300, 400, 500, 600, 700, 800, 999)
+    def loss(model: nn.Module, step: int) -> Tensor:
+        idx, texts = _caption_batch(images, labels, words, batch_size, generator)
+        x = random_shift(images[idx], max_shift, generator)
+        if text_encoder is None:
+            return contrastive_loss(model.encode_image(x, normalize=False), model.encode_text(texts, normalize=False),
+                                    model.logit_scale)
+        with torch.no_grad():
+            text_emb = text_encoder(texts)
+        t = torch.randint(0, schedule.T, (len(x),), generator=generator)
+        return contrastive_loss(model(q_sample(schedule, x, t, generator=generator), t), text_emb,
+                                torch.tensor(logit_scale))
+    return loss
 
 
-def accuracy_by_t(classifier: nn.Module, images: Tensor, labels: Tensor, schedule, timesteps=CLASSIFIER_EVAL_T, *,
-                  seed: int = 0) -> dict[int, float]:
-    """Accuracy of ``classifier(x_t, t)`` on q_sample(images, t) at each timestep (lesson 03)."""
-    gen, out = torch.Generator().manual_seed(seed), {}
-    with torch.no_grad():
-        for t in timesteps:
-            tt = torch.full((len(images),), int(t))
-            x_t = q_sample(schedule, images, tt, generator=gen)
-            pred = torch.cat([classifier(x_t[i:i + 500], tt[i:i + 500]).argmax(1) for i in range(0, len(x_t), 500)])
-            out[int(t)] = float((pred == labels).float().mean())
-    return out
+def text_diffusion_loss_fn(images: Tensor, labels: Tensor, schedule, *, clip, batch_size: int, p_uncond: float,
+                           generator: torch.Generator, p_attribute: float = 0.5,
+                           p_digit: float = 1.0) -> Callable[[nn.Module, int], Tensor]:
+    """Denoising loss conditioned on frozen-CLIP features of random captions, dropped to null w.p. p_uncond (lesson 08)."""
+    from .clip import text_condition
 
+    if not 0 <= p_uncond <= 1:
+        raise ValueError(f"p_uncond must lie in [0, 1], got {p_uncond}.")
+    words = clip.bins.words(measure(images))
 
-def _evaluate(recipe: Recipe, model: nn.Module, progress: bool) -> dict:
-    """Metrics recorded in the manifest: judge test accuracy, or FID_judge of DDIM-50 samples with its floor."""
-    from .bench import generate
-    from .metrics import fid_floor, fid_judge, judge_accuracy
-
-    test = load_dataset(recipe.dataset, "test")
-    schedule = make_schedule(recipe.schedule, recipe.T)
-    if recipe.task == "judge":
-        return {"test_accuracy": judge_accuracy(model, test.images, test.labels), "test_images": len(test)}
-    if recipe.task.endswith("classifier"):
-        return {"test_accuracy_by_t": accuracy_by_t(model, test.images, test.labels, schedule), "test_images": len(test)}
-    try:
-        judge = zoo.load(f"{recipe.dataset}-judge")
-    except zoo.ZooError as exc:
-        return {"note": f"no judge to measure with ({exc})"}
-    n, gen = recipe.extra.get("eval_n", 1000), torch.Generator().manual_seed(0)
-    shape = (model.config.in_channels, model.config.image_size, model.config.image_size)
-    ref = test.images[torch.randperm(len(test), generator=gen)[:n]]
-    floor = fid_floor(judge, test.images, n)
-    if not model.config.num_classes:
-        xs, _ = generate(lambda x, t: model(x, t), n, schedule, steps=50, seed=0, shape=shape, progress=progress)
-        return {"fid_judge_ddim50": fid_judge(judge, xs, ref), "fid_floor": floor, "n": n}
-    from .guidance import batched_cfg
-
-    y = torch.arange(n) % model.config.num_classes
-    out = {"fid_floor": floor, "n": n, "sampler": "ddim-25"}
-    for scale in (0.0, 1.0, 3.0):
-        eps = batched_cfg(model, y, -1, scale)
-        xs, _ = generate(eps, n, schedule, steps=25, seed=0, batch=n, shape=shape, progress=progress)
-        out[f"cfg{scale:g}"] = {"fid_judge": fid_judge(judge, xs, ref), "adherence": judge_accuracy(judge, xs, y)}
-    return out
+    def loss(model: nn.Module, step: int) -> Tensor:
+        idx, texts = _caption_batch(images, labels, words, batch_size, generator, p_attribute=p_attribute,
+                                    p_digit=p_digit)
+        cond = text_condition(clip, texts)
+        cond["null"] = torch.rand(batch_size, generator=generator) < p_uncond
+        return denoising_loss(model, images[idx], schedule, generator=generator, cond=cond)
+    return loss
 
 
 def run_recipe(name: str, *, steps: int | None = None, time_limit_min: float | None = None,
@@ -283,7 +212,20 @@ def run_recipe(name: str, *, steps: int | None = None, time_limit_min: float | N
     model_cls, config_cls = zoo.ARCHITECTURES[recipe.arch]
     model = model_cls(config_cls(**recipe.config))
     schedule = make_schedule(recipe.schedule, recipe.T)
-    if recipe.task == "diffusion":
+    if recipe.task == "clip":
+        from .captions import fit_bins
+
+        model.set_bins(fit_bins(train.images))
+        loss_fn = clip_loss_fn(train.images, train.labels, batch_size=recipe.batch_size, generator=gen, bins=model.bins)
+    elif recipe.task == "noisy-clip":
+        clip = zoo.load(recipe.extra["clip"])
+        loss_fn = clip_loss_fn(train.images, train.labels, batch_size=recipe.batch_size, generator=gen, bins=clip.bins,
+                               text_encoder=clip.encode_text, schedule=schedule, logit_scale=clip.logit_scale.item())
+    elif recipe.task == "text-diffusion":
+        loss_fn = text_diffusion_loss_fn(train.images, train.labels, schedule, clip=zoo.load(recipe.extra["clip"]),
+                                         batch_size=recipe.batch_size, p_uncond=recipe.p_uncond, generator=gen,
+                                         p_attribute=recipe.extra["p_attribute"], p_digit=recipe.extra["p_digit"])
+    elif recipe.task == "diffusion":
         loss_fn = diffusion_loss_fn(train.images, train.labels, schedule, batch_size=recipe.batch_size,
                                     conditional=bool(model.config.num_classes), p_uncond=recipe.p_uncond, generator=gen)
     else:
@@ -293,7 +235,7 @@ def run_recipe(name: str, *, steps: int | None = None, time_limit_min: float | N
     result = fit(model, loss_fn, steps=recipe.steps, lr=recipe.lr, weight_decay=recipe.weight_decay,
                  warmup=recipe.warmup, ema_decay=recipe.ema_decay, progress=progress, desc=name,
                  time_limit_s=None if time_limit_min is None else 60 * time_limit_min)
-    metrics = _evaluate(recipe, result.model, progress) if evaluate else {}
+    metrics = evaluate_checkpoint(recipe, result.model, progress) if evaluate else {}
     command = " ".join(["python -m lessonlib.train", name] + (sys.argv[2:] if sys.argv[1:2] == [name] else []))
     info = {"recipe": asdict(recipe), "command": command, "data": train.source, "train_images": len(train),
             "steps_done": result.steps, "wall_time_s": round(result.seconds, 1),

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .clip import SmallCLIP, SmallCLIPConfig
 from .nets.classifier import JudgeConfig, JudgeNet, NoisyClassifier, NoisyClassifierConfig
 from .nets.unet import UNet, UNetConfig
 
@@ -27,6 +28,7 @@ ARCHITECTURES: dict[str, tuple[type[nn.Module], type]] = {
     "UNet": (UNet, UNetConfig),
     "JudgeNet": (JudgeNet, JudgeConfig),
     "NoisyClassifier": (NoisyClassifier, NoisyClassifierConfig),
+    "SmallCLIP": (SmallCLIP, SmallCLIPConfig),
 }
 MAX_BYTES = 10 * 1024 * 1024
 

@@ -39,7 +39,7 @@ def test_vector_conditioning_with_null_mask():
 
 
 @pytest.mark.parametrize("cond, msg", [
-    (torch.tensor([0, 10]), "0..9"), (torch.tensor([0.5, 1.0]), "integers"), ({"tokens": torch.zeros(2, 3, 4)}, "lesson 08"),
+    (torch.tensor([0, 10]), "0..9"), (torch.tensor([0.5, 1.0]), "integers"), ({"tokens": torch.zeros(2, 3, 4)}, "context_dim=None"),
     ({"colour": 1}, "unknown condition"),
 ])
 def test_bad_conditions(cond, msg):
@@ -67,3 +67,59 @@ def test_seeded_sampling_with_a_unet_is_reproducible():
     run = lambda seed: sample(lambda x, t: net(x, t), torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(seed)),
                               s, steps=5, method="ddpm", generator=torch.Generator().manual_seed(seed))
     assert torch.equal(run(3), run(3)) and not torch.equal(run(3), run(4))
+
+
+def _randomised(cfg):
+    torch.manual_seed(0)
+    net = UNet(cfg)
+    for p in net.parameters():
+        p.data.normal_(0, 0.05)
+    return net
+
+
+def test_cross_attention_reads_tokens_ignores_padding_and_has_a_null_token():
+    net = _randomised(UNetConfig(context_dim=5, cond_dim=6, patch_size=2, attention_resolutions=(7,), **TINY))
+    x, t = torch.randn(2, 1, 28, 28), torch.full((2,), 200)
+    tokens, vec = torch.randn(2, 4, 5), torch.randn(2, 6)
+    mask = torch.tensor([[True, True, False, False], [True, True, True, True]])
+    out = net(x, t, {"tokens": tokens, "mask": mask, "vec": vec})
+    changed = tokens.clone()
+    changed[0, 2:] = 100.0  # padding of row 0: must not matter
+    torch.testing.assert_close(net(x, t, {"tokens": changed, "mask": mask, "vec": vec})[0], out[0])
+    changed[0, 1] = 3.0  # a real token of row 0: must matter
+    assert not torch.allclose(net(x, t, {"tokens": changed, "mask": mask, "vec": vec})[0], out[0])
+    null = net(x, t, {"tokens": tokens, "mask": mask, "vec": vec, "null": torch.tensor([True, False])})
+    torch.testing.assert_close(null[0], net(x, t)[0])
+    torch.testing.assert_close(null[1], out[1])
+    n_cross = sum(isinstance(m, __import__("lessonlib").nets.unet.CrossAttention) for m in net.modules())
+    assert n_cross == 4  # one per 7x7 stage (down 1, up 2) and one in the middle
+
+
+def test_cross_attention_checks_token_shapes():
+    net = UNet(UNetConfig(context_dim=5, **TINY))
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([1, 2])
+    with pytest.raises(ValueError, match=r"\(2, L, 5\)"):
+        net(x, t, {"tokens": torch.randn(2, 3, 4)})
+    with pytest.raises(ValueError, match="at least one True"):
+        net(x, t, {"tokens": torch.randn(2, 3, 5), "mask": torch.zeros(2, 3, dtype=torch.bool)})
+
+
+def test_attention_cost_formulas_match_the_profiled_softmax_and_check_input():
+    from lessonlib.costs import attention_cost, measured_softmax_bytes, unet_attention_costs
+
+    net = UNet(UNetConfig(context_dim=5, patch_size=2, attention_resolutions=(7,), **TINY)).eval()
+    x, t = torch.randn(3, 1, 28, 28), torch.full((3,), 5)
+    cond = {"tokens": torch.randn(3, 6, 5)}
+    rows = unet_attention_costs(net, x, t, cond)
+    assert {c.kind for _, c in rows} == {"self", "cross"}
+    for module, cost in rows:
+        if cost.kind == "cross":
+            h = torch.randn(3, cost.channels, 7, 7)
+            got = measured_softmax_bytes(lambda: module(h, cond["tokens"], torch.ones(3, 6, dtype=torch.bool)))
+            assert got == cost.matrix_bytes == 3 * 49 * 6 * 4
+    big, small = attention_cost("self", resolution=64, channels=8), attention_cost("self", resolution=32, channels=8)
+    assert big.matrix_bytes == 16 * small.matrix_bytes  # N^2 = resolution^4
+    with pytest.raises(ValueError, match="tokens"):
+        attention_cost("cross", resolution=7, channels=8)
+    with pytest.raises(ValueError, match="kind"):
+        attention_cost("axial", resolution=7, channels=8)

@@ -7,10 +7,12 @@ adaptive group norm (FiLM): GN(h) * (1 + scale(emb)) + shift(emb).
 Conditions (``cond``):
 - ``None``: unconditional (for a conditional model, the learned null condition);
 - a long tensor (B,) of class labels, with ``-1`` meaning the null class (lesson 07);
-- a dict with any of ``"class"`` (B,), ``"vec"`` (B, cond_dim) pooled text vectors with a ``"null"`` bool
-  mask (B,) selecting the learned null vector (lesson 08), and ``"tokens"`` (B, L, context_dim) for
-  cross-attention, which lesson 08 adds.
-References: Ho et al. 2020 (architecture), Dhariwal & Nichol 2021 (AdaGN), Perez et al. 2018 (FiLM).
+- a dict with any of ``"class"`` (B,), ``"vec"`` (B, cond_dim) pooled text vectors, ``"tokens"``
+  (B, L, context_dim) text token features read by cross-attention with their ``"mask"`` (B, L) (True =
+  a real token), and a ``"null"`` bool mask (B,) that swaps in the learned null vector and null token
+  (caption dropout, lesson 08).
+References: Ho et al. 2020 (architecture), Dhariwal & Nichol 2021 (AdaGN), Perez et al. 2018 (FiLM),
+Rombach et al. 2022 (cross-attention on text tokens).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from torch import Tensor, nn
 
 from .embedding import TimeMLP
 
-__all__ = ["UNetConfig", "UNet", "ResBlock", "SelfAttention"]
+__all__ = ["UNetConfig", "UNet", "ResBlock", "SelfAttention", "CrossAttention"]
 
 
 @dataclass
@@ -38,6 +40,7 @@ class UNetConfig:
     attention_resolutions: tuple[int, ...] = (7,)
     num_classes: int | None = None  # class conditioning with a learned null class
     cond_dim: int | None = None  # pooled-vector conditioning (text) with a learned null vector
+    context_dim: int | None = None  # token cross-attention at the attention resolutions and the middle (lesson 08)
     dropout: float = 0.0
     groups: int = 8
     extra: dict = field(default_factory=dict)  # room for later lessons' options
@@ -92,6 +95,33 @@ class SelfAttention(nn.Module):
         return x + self.out(y.transpose(-1, -2).reshape(b, c, h, w))
 
 
+class CrossAttention(nn.Module):
+    """Image positions attend to text tokens: softmax(Q K^T / sqrt(C)) V with Q from GN(h), K, V from LN(tokens).
+
+    Single head, residual, output projection zero-initialised; padding tokens are masked out. With
+    ``record = True`` the last attention map (B, H*W, L) is kept in ``self.attention`` (lesson 08).
+    """
+
+    def __init__(self, ch: int, context_dim: int, *, groups: int):
+        super().__init__()
+        self.norm, self.q = nn.GroupNorm(groups, ch), nn.Conv2d(ch, ch, 1)
+        self.ctx_norm, self.kv = nn.LayerNorm(context_dim), nn.Linear(context_dim, 2 * ch)
+        self.out = nn.Conv2d(ch, ch, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.record, self.attention = False, None
+
+    def forward(self, x: Tensor, tokens: Tensor, mask: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        q = self.q(self.norm(x)).reshape(b, c, h * w).transpose(1, 2)  # (B, HW, C)
+        k, v = self.kv(self.ctx_norm(tokens)).chunk(2, dim=-1)  # (B, L, C) each
+        logits = (q @ k.transpose(1, 2)) / c**0.5
+        probs = logits.masked_fill(~mask[:, None, :], float("-inf")).softmax(-1)
+        if self.record:
+            self.attention = probs.detach()
+        return x + self.out((probs @ v).transpose(1, 2).reshape(b, c, h, w))
+
+
 class UNet(nn.Module):
     """Small U-Net eps-model: ``forward(x_t, t, cond=None) -> eps_hat`` (lesson 02)."""
 
@@ -106,6 +136,8 @@ class UNet(nn.Module):
         if cfg.cond_dim:
             self.vec_proj = nn.Linear(cfg.cond_dim, emb_dim)
             self.null_vec = nn.Parameter(torch.zeros(cfg.cond_dim))
+        if cfg.context_dim:
+            self.null_token = nn.Parameter(torch.zeros(cfg.context_dim))
         block = lambda cin, cout: ResBlock(cin, cout, emb_dim, groups=g, dropout=cfg.dropout)  # noqa: E731
 
         pixels = cfg.in_channels * cfg.patch_size**2
@@ -120,7 +152,8 @@ class UNet(nn.Module):
                 self.down.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
                 skips.append(ch)
                 res //= 2
-        self.mid = nn.ModuleList([block(ch, ch), SelfAttention(ch, groups=g), block(ch, ch)])
+        cross = [CrossAttention(ch, cfg.context_dim, groups=g)] if cfg.context_dim else []
+        self.mid = nn.ModuleList([block(ch, ch), SelfAttention(ch, groups=g), *cross, block(ch, ch)])
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mults))):
             for _ in range(cfg.num_res_blocks + 1):
@@ -134,7 +167,12 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out[-1].bias)
 
     def _stage(self, res_block: ResBlock, ch: int, res: int) -> nn.ModuleList:
-        attn = [SelfAttention(ch, groups=self.config.groups)] if res in self.config.attention_resolutions else []
+        cfg = self.config
+        attn = []
+        if res in cfg.attention_resolutions:
+            attn.append(SelfAttention(ch, groups=cfg.groups))
+            if cfg.context_dim:
+                attn.append(CrossAttention(ch, cfg.context_dim, groups=cfg.groups))
         return nn.ModuleList([res_block, *attn])
 
     # ---- conditioning ----
@@ -142,9 +180,9 @@ class UNet(nn.Module):
         """Time embedding plus the condition's embedding, (B, 4 * base_channels)."""
         emb = self.time_mlp(t)
         parts = cond if isinstance(cond, dict) else {"class": cond}
-        unknown = set(parts) - {"class", "vec", "null", "tokens"}
+        unknown = set(parts) - {"class", "vec", "null", "tokens", "mask"}
         if unknown:
-            raise ValueError(f"unknown condition keys {sorted(unknown)}; use 'class', 'vec', 'null', 'tokens'.")
+            raise ValueError(f"unknown condition keys {sorted(unknown)}; use 'class', 'vec', 'null', 'tokens', 'mask'.")
         if self.class_emb is not None:
             emb = emb + self.class_emb(self._class_index(parts.get("class"), t.shape[0], t.device))
         elif parts.get("class") is not None:
@@ -153,9 +191,31 @@ class UNet(nn.Module):
             emb = emb + self.vec_proj(self._vector(parts.get("vec"), parts.get("null"), t.shape[0]))
         elif parts.get("vec") is not None:
             raise ValueError("this U-Net has no vector conditioning (cond_dim=None) but was given 'vec'.")
-        if parts.get("tokens") is not None:
-            raise ValueError("token cross-attention is added in lesson 08; this U-Net takes no 'tokens'.")
+        if parts.get("tokens") is not None and not self.config.context_dim:
+            raise ValueError("this U-Net has no cross-attention (context_dim=None) but was given 'tokens'.")
         return emb
+
+    def context(self, cond, batch: int, device) -> tuple[Tensor, Tensor] | None:
+        """(tokens, mask) for cross-attention; null rows (or no tokens) read the single learned null token."""
+        if not self.config.context_dim:
+            return None
+        parts = cond if isinstance(cond, dict) else {}
+        tokens, mask, null = parts.get("tokens"), parts.get("mask"), parts.get("null")
+        d = self.config.context_dim
+        if tokens is None:
+            return self.null_token.expand(batch, 1, d), torch.ones(batch, 1, dtype=torch.bool, device=device)
+        if tokens.ndim != 3 or tokens.shape[0] != batch or tokens.shape[2] != d:
+            raise ValueError(f"'tokens' must have shape ({batch}, L, {d}), got {tuple(tokens.shape)}.")
+        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=device) if mask is None else mask.bool()
+        if mask.shape != tokens.shape[:2] or not mask.any(1).all():
+            raise ValueError("'mask' must be (B, L) with at least one True (real) token per row.")
+        if null is not None:
+            null = null.reshape(-1, 1).to(device)
+            first = torch.zeros_like(mask)
+            first[:, 0] = True
+            tokens = torch.where(null[..., None], self.null_token.expand_as(tokens), tokens)
+            mask = torch.where(null, first, mask)
+        return tokens, mask
 
     def _class_index(self, y, batch: int, device) -> Tensor:
         n = self.config.num_classes
@@ -183,22 +243,24 @@ class UNet(nn.Module):
             raise ValueError(f"this U-Net takes images of shape (B, {cfg.in_channels}, {cfg.image_size}, "
                              f"{cfg.image_size}), got {tuple(x.shape)}.")
         emb = self.embed(t.reshape(-1).expand(x.shape[0]), cond)
+        ctx = self.context(cond, x.shape[0], x.device)
         h = self.inp(F.pixel_unshuffle(x, cfg.patch_size) if cfg.patch_size > 1 else x)
         hs = [h]
         for layer in self.down:
-            h = self._run(layer, h, emb)
+            h = self._run(layer, h, emb, ctx)
             hs.append(h)
-        h = self.mid[2](self.mid[1](self.mid[0](h, emb)), emb)
+        h = self._run(self.mid[:-1], h, emb, ctx)
+        h = self.mid[-1](h, emb)
         for layer in self.up:
-            h = self._run(layer, torch.cat([h, hs.pop()], 1), emb) if isinstance(layer, nn.ModuleList) else layer(h)
+            h = self._run(layer, torch.cat([h, hs.pop()], 1), emb, ctx) if isinstance(layer, nn.ModuleList) else layer(h)
         h = self.out(h)
         return F.pixel_shuffle(h, cfg.patch_size) if cfg.patch_size > 1 else h
 
     @staticmethod
-    def _run(layer, h: Tensor, emb: Tensor) -> Tensor:
+    def _run(layer, h: Tensor, emb: Tensor, ctx=None) -> Tensor:
         if not isinstance(layer, nn.ModuleList):
             return layer(h)  # a down/up-sampling convolution
         h = layer[0](h, emb)
         for attn in layer[1:]:
-            h = attn(h)
+            h = attn(h, *ctx) if isinstance(attn, CrossAttention) else attn(h)
         return h
