@@ -1,8 +1,9 @@
-"""Benchmarks that print their numbers: ``python -m lessonlib.bench {sampling,cfg,widgets}``.
+"""Benchmarks that print their numbers: ``python -m lessonlib.bench {sampling,cfg,widgets,frontier}``.
 
 ``sampling``: DDPM vs DDIM speed and FID_judge (lesson 02); ``cfg``: the cost of batched classifier-free
 guidance against the conditional pass alone (lesson 07); ``widgets``: uncached and cached slider-panel
-renders (every guidance lesson).
+renders (every guidance lesson); ``frontier``: every guidance method and variant on one adherence / FID_judge /
+diversity frontier from the same noise (lesson 09).
 
 Each benchmark prints its configuration, the machine, and ratios measured in the same run;
 absolute seconds are context only.
@@ -141,11 +142,22 @@ def main(argv: list[str] | None = None) -> int:
     w = sub.add_parser("widgets", help="uncached and cached render time of a CFG slider panel")
     w.add_argument("--images", type=int, default=16)
     w.add_argument("--steps", type=int, default=25)
+    f = sub.add_parser("frontier", help="every guidance method on one adherence / FID_judge / diversity frontier")
+    f.add_argument("--n", type=int, default=200, help="samples per (method, scale), 20 per class (default 200)")
+    f.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
+    f.add_argument("--methods", nargs="+", help="a subset of the methods (default: all)")
     args = parser.parse_args(argv)
     if args.bench == "sampling":
         bench_sampling(n=args.n, n_ddpm=args.n_ddpm, ddim_steps=args.steps, seed=args.seed)
     elif args.bench == "cfg":
         bench_cfg(batches=args.batches)
+    elif args.bench == "frontier":
+        from .frontier import format_frontier, measure_frontier
+
+        print(f"benchmark: frontier | N = {args.n} per point (10 classes), DDIM-{args.steps}, same noise for every point "
+              f"| machine: {zoo.machine_summary()}", flush=True)
+        rows, floor = measure_frontier(n=args.n, steps=args.steps, methods=args.methods)
+        print(format_frontier(rows, floor))
     else:
         bench_widgets(n_images=args.images, steps=args.steps)
     return 0

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["ATTRIBUTES", "ATTRIBUTE_WORDS", "DIGIT_WORDS", "TRAIN_TEMPLATES", "HELD_OUT_TEMPLATES",
-           "ATTRIBUTE_ONLY_TEMPLATES", "AttributeBins",
+           "ATTRIBUTE_ONLY_TEMPLATES", "CIFAR_TRAIN_TEMPLATES", "CIFAR_HELD_OUT_TEMPLATES", "AttributeBins", "class_captions",
            "measure", "fit_bins", "caption", "random_captions", "zero_shot_templates", "attribute_adherence"]
 
 ATTRIBUTES = ("thickness", "slant", "size")
@@ -51,6 +51,12 @@ TRAIN_TEMPLATES = (
 )
 # captions that name attributes but no digit (lesson 08 trains on a few, so "thin" alone means something)
 ATTRIBUTE_ONLY_TEMPLATES = ("a {a}digit", "a {a}handwritten number", "something {a}written by hand")
+# CIFAR-10 captions name the class only (lesson 05's comparison); "{}" is the class name
+CIFAR_TRAIN_TEMPLATES = ("a photo of a {}.", "a picture of the {}.", "an image of a {}.", "a small photo of a {}.",
+                         "a close-up photo of the {}.", "a photo of my {}.", "a bright photo of a {}.",
+                         "a dark photo of the {}.", "a cropped photo of a {}.", "a low resolution photo of a {}.")
+CIFAR_HELD_OUT_TEMPLATES = ("a blurry photo of a {}.", "a jpeg photo of the {}.", "this is a {}.",
+                            "a pixelated photo of the {}.")
 HELD_OUT_TEMPLATES = (
     "a sketch of a {a}{d}",
     "this is a {a}{d}",
@@ -162,6 +168,12 @@ def random_captions(labels: Tensor, words: dict[str, list[str]], *, generator: t
         else:
             out.append(caption(y, template=templates[pick[i]], attributes=attrs, numeral=numeral[i]))
     return out
+
+
+def class_captions(labels: Tensor, class_names, *, generator: torch.Generator, templates=CIFAR_TRAIN_TEMPLATES) -> list[str]:
+    """A random template per image filled with its class name, articles fixed ("an airplane") (lesson 05)."""
+    pick = torch.randint(0, len(templates), (len(labels),), generator=generator).tolist()
+    return [_ARTICLE.sub(r"\1n ", templates[k].format(class_names[y])) for k, y in zip(pick, labels.tolist())]
 
 
 def zero_shot_templates(held_out: bool = True) -> list[str]:

@@ -49,6 +49,13 @@ def _evaluate_clip(recipe: Recipe, model: nn.Module, test, schedule) -> dict:
     from .data import load_digits28
 
     held_out = zero_shot_templates(held_out=True)
+    if recipe.task == "clip" and recipe.dataset != "mnist":
+        from .captions import CIFAR_HELD_OUT_TEMPLATES, CIFAR_TRAIN_TEMPLATES
+
+        return {"zero_shot_held_out": zero_shot(model, test.images, test.classes, CIFAR_HELD_OUT_TEMPLATES).accuracy(test.labels),
+                "zero_shot_train_templates": zero_shot(model, test.images, test.classes,
+                                                       CIFAR_TRAIN_TEMPLATES).accuracy(test.labels),
+                "test_images": len(test)}
     if recipe.task == "clip":
         digits = load_digits28()
         return {"zero_shot_held_out": zero_shot(model, test.images, DIGIT_WORDS, held_out).accuracy(test.labels),

@@ -89,6 +89,11 @@ RECIPES.update({
         weight_decay=0.05, warmup=200,
         description="small CLIP from open_clip's CLIP class (ViT 7x7 patches, 3-layer text transformer, open_clip BPE "
                     "tokenizer) trained contrastively on MNIST with captions of measured digit, thickness, slant, size"),
+    "cifar10-clip": Recipe(
+        "cifar10-clip", "clip", "SmallCLIP", asdict(SmallCLIPConfig(in_channels=3, image_size=32, patch_size=8)),
+        steps=4500, batch_size=256, lr=1e-3, weight_decay=0.05, warmup=200, dataset="cifar10",
+        description="the mnist-clip recipe on the 20,000-image CIFAR-10 JPEG subset with class-name captions "
+                    "(lesson 05's comparison): small, CPU-trained, so a weak zero-shot classifier"),
     "mnist-clip-noisy": Recipe(
         "mnist-clip-noisy", "noisy-clip", "NoisyClassifier", asdict(NoisyClassifierConfig(num_classes=64)),
         steps=3000, batch_size=256, lr=2e-3, weight_decay=1e-4, warmup=100, extra={"clip": "mnist-clip"},

@@ -30,7 +30,7 @@ from .schedules import make_schedule
 
 __all__ = ["Recipe", "RECIPES", "TrainResult", "fit", "diffusion_loss_fn", "classifier_loss_fn", "accuracy_by_t",
            "drop_conditions", "load_dataset", "random_shift", "run_recipe", "main", "clip_loss_fn",
-           "text_diffusion_loss_fn"]
+           "digit_caption_fn", "text_diffusion_loss_fn"]
 
 
 @dataclass
@@ -145,28 +145,27 @@ def classifier_loss_fn(images: Tensor, labels: Tensor, *, batch_size: int, gener
     return loss
 
 
-def _caption_batch(images: Tensor, labels: Tensor, words: dict, batch_size: int, generator: torch.Generator,
-                   **caption_options) -> tuple[Tensor, list[str]]:
-    idx = torch.randint(0, len(images), (batch_size,), generator=generator)
-    texts = random_captions(labels[idx], {a: [w[i] for i in idx.tolist()] for a, w in words.items()},
-                            generator=generator, **caption_options)
-    return idx, texts
+def digit_caption_fn(images: Tensor, labels: Tensor, bins, *, generator: torch.Generator,
+                     **caption_options) -> Callable[[Tensor], list[str]]:
+    """idx -> random captions of those digits from their measured attribute words (lessons 05, 08)."""
+    words = bins.words(measure(images))
+    return lambda idx: random_captions(labels[idx], {a: [w[i] for i in idx.tolist()] for a, w in words.items()},
+                                       generator=generator, **caption_options)
 
 
-def clip_loss_fn(images: Tensor, labels: Tensor, *, batch_size: int, generator: torch.Generator, bins,
+def clip_loss_fn(images: Tensor, *, batch_size: int, generator: torch.Generator, caption_fn: Callable[[Tensor], list[str]],
                  text_encoder: Callable | None = None, schedule=None, logit_scale: float | None = None,
                  max_shift: int = 2) -> Callable[[nn.Module, int], Tensor]:
-    """Symmetric contrastive loss on shifted digits and random captions of their measured attributes (lesson 05).
+    """Symmetric contrastive loss on shifted images and ``caption_fn(idx)`` captions (lesson 05).
 
     With ``text_encoder`` (a frozen CLIP's text tower), a fixed ``logit_scale`` and a ``schedule``, the model is
     an image encoder of (x_t, t) trained on q_sample(x0, t) with t uniform: the noise-aware CLIP of lesson 06.
     """
     from .clip import contrastive_loss
 
-    words = bins.words(measure(images))
-
     def loss(model: nn.Module, step: int) -> Tensor:
-        idx, texts = _caption_batch(images, labels, words, batch_size, generator)
+        idx = torch.randint(0, len(images), (batch_size,), generator=generator)
+        texts = caption_fn(idx)
         x = random_shift(images[idx], max_shift, generator)
         if text_encoder is None:
             return contrastive_loss(model.encode_image(x, normalize=False), model.encode_text(texts, normalize=False),
@@ -187,12 +186,11 @@ def text_diffusion_loss_fn(images: Tensor, labels: Tensor, schedule, *, clip, ba
 
     if not 0 <= p_uncond <= 1:
         raise ValueError(f"p_uncond must lie in [0, 1], got {p_uncond}.")
-    words = clip.bins.words(measure(images))
+    captions = digit_caption_fn(images, labels, clip.bins, generator=generator, p_attribute=p_attribute, p_digit=p_digit)
 
     def loss(model: nn.Module, step: int) -> Tensor:
-        idx, texts = _caption_batch(images, labels, words, batch_size, generator, p_attribute=p_attribute,
-                                    p_digit=p_digit)
-        cond = text_condition(clip, texts)
+        idx = torch.randint(0, len(images), (batch_size,), generator=generator)
+        cond = text_condition(clip, captions(idx))
         cond["null"] = torch.rand(batch_size, generator=generator) < p_uncond
         return denoising_loss(model, images[idx], schedule, generator=generator, cond=cond)
     return loss
@@ -212,14 +210,21 @@ def run_recipe(name: str, *, steps: int | None = None, time_limit_min: float | N
     model_cls, config_cls = zoo.ARCHITECTURES[recipe.arch]
     model = model_cls(config_cls(**recipe.config))
     schedule = make_schedule(recipe.schedule, recipe.T)
-    if recipe.task == "clip":
+    if recipe.task == "clip" and recipe.dataset == "mnist":
         from .captions import fit_bins
 
         model.set_bins(fit_bins(train.images))
-        loss_fn = clip_loss_fn(train.images, train.labels, batch_size=recipe.batch_size, generator=gen, bins=model.bins)
+        loss_fn = clip_loss_fn(train.images, batch_size=recipe.batch_size, generator=gen,
+                               caption_fn=digit_caption_fn(train.images, train.labels, model.bins, generator=gen))
+    elif recipe.task == "clip":
+        from .captions import class_captions
+
+        loss_fn = clip_loss_fn(train.images, batch_size=recipe.batch_size, generator=gen,
+                               caption_fn=lambda idx: class_captions(train.labels[idx], train.classes, generator=gen))
     elif recipe.task == "noisy-clip":
         clip = zoo.load(recipe.extra["clip"])
-        loss_fn = clip_loss_fn(train.images, train.labels, batch_size=recipe.batch_size, generator=gen, bins=clip.bins,
+        loss_fn = clip_loss_fn(train.images, batch_size=recipe.batch_size, generator=gen,
+                               caption_fn=digit_caption_fn(train.images, train.labels, clip.bins, generator=gen),
                                text_encoder=clip.encode_text, schedule=schedule, logit_scale=clip.logit_scale.item())
     elif recipe.task == "text-diffusion":
         loss_fn = text_diffusion_loss_fn(train.images, train.labels, schedule, clip=zoo.load(recipe.extra["clip"]),

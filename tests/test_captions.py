@@ -85,3 +85,11 @@ def test_held_out_templates_are_never_training_templates():
     assert len(C.TRAIN_TEMPLATES) >= 10 and len(C.HELD_OUT_TEMPLATES) >= 3
     assert not set(C.TRAIN_TEMPLATES) & set(C.HELD_OUT_TEMPLATES)
     assert all(t.count("{}") == 1 for t in C.zero_shot_templates())
+
+
+def test_class_captions_fill_templates_with_the_class_and_fix_articles():
+    labels = torch.tensor([0, 1, 2])
+    names = ["airplane", "automobile", "bird"]
+    texts = C.class_captions(labels, names, generator=torch.Generator().manual_seed(0), templates=("a photo of a {}.",))
+    assert texts == ["a photo of an airplane.", "a photo of an automobile.", "a photo of a bird."]
+    assert not set(C.CIFAR_TRAIN_TEMPLATES) & set(C.CIFAR_HELD_OUT_TEMPLATES)

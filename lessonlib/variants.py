@@ -1,0 +1,101 @@
+"""Variants of classifier-free guidance on the same eps-function algebra (lesson 09).
+
+:func:`cfg_variant` returns one EpsFn; every option has a neutral setting at which it is plain CFG,
+``eps_u + s (eps_c - eps_u)``, bit for bit:
+
+| option                 | what it does                                                      | neutral      | paper                          |
+| ---------------------- | ----------------------------------------------------------------- | ------------ | ------------------------------ |
+| ``parallel=eta``       | keep eta of the part of d = c - u parallel to c (eta = 0: only     | 1.0          | Sadat et al. 2024 (APG)        |
+|                        | the perpendicular part); ``space`` "eps" or "x0" (c, u = x0_hat)   |              |                                |
+| ``rescale=phi``        | blend phi of the guided x0_hat rescaled to the std of the          | 0.0          | Lin et al. 2024                |
+|                        | conditional x0_hat (per sample)                                   |              |                                |
+| ``interval=(lo, hi)``  | guide only for lo <= t <= hi; plain conditional (s = 1) elsewhere  | None         | Kynkaanniemi et al. 2024       |
+| ``scale_schedule``     | "constant", or "linear": s_t = 2 s (1 - t / (T - 1)), growing as   | "constant"   | Wang et al. 2024               |
+|                        | sampling proceeds, with the same mean over t as s                 |              |                                |
+
+The guided prediction is written c + (s_t - 1)(d_perp + eta d_par), which is u + s_t d at eta = 1.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from .diffusion import eps_from_x0, x0_from_eps
+from .guidance import EpsFn, batched_predictions, check_scale, combine
+from .schedules import NoiseSchedule
+
+__all__ = ["cfg_variant", "parallel_part", "check_interval"]
+
+
+def parallel_part(d: Tensor, c: Tensor) -> Tensor:
+    """The component of d parallel to c, per sample: (<d, c> / <c, c>) c over all non-batch dimensions."""
+    dims = tuple(range(1, d.ndim))
+    coef = (d * c).sum(dims, keepdim=True) / (c * c).sum(dims, keepdim=True).clamp_min(1e-12)
+    return coef * c
+
+
+def check_interval(interval, T: int) -> tuple[int, int] | None:
+    """Validate a guidance interval (lo, hi) of timesteps: 0 <= lo <= hi <= T - 1."""
+    if interval is None:
+        return None
+    try:
+        lo, hi = (int(v) for v in interval)
+    except (TypeError, ValueError):
+        raise ValueError(f"interval must be a pair (lo, hi) of timesteps, got {interval!r}.") from None
+    if not 0 <= lo <= hi <= T - 1:
+        raise ValueError(f"interval must satisfy 0 <= lo <= hi <= {T - 1}, got ({lo}, {hi}); "
+                         "give the smaller timestep first.")
+    return lo, hi
+
+
+def _scale_at(scale: float, t: Tensor, T: int, interval, scale_schedule: str, like: Tensor) -> Tensor:
+    tt = t.to(like.device, like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+    s = torch.full_like(tt, scale)
+    if scale_schedule == "linear":
+        s = 2 * scale * (1 - tt / (T - 1))
+    if interval is not None:
+        s = torch.where((tt >= interval[0]) & (tt <= interval[1]), s, torch.ones_like(s))
+    return s
+
+
+def cfg_variant(model: Callable, cond: Any, null_cond: Any, scale: float, *, schedule: NoiseSchedule,
+                parallel: float = 1.0, space: str = "eps", rescale: float = 0.0, interval=None,
+                scale_schedule: str = "constant") -> EpsFn:
+    """Classifier-free guidance with the lesson 09 variants; the conditional and unconditional passes are batched."""
+    scale, parallel = check_scale(scale), check_scale(parallel, "parallel")
+    if space not in ("eps", "x0"):
+        raise ValueError(f"space must be 'eps' or 'x0', got {space!r}.")
+    if not (isinstance(rescale, (int, float)) and math.isfinite(rescale) and 0 <= rescale <= 1):
+        raise ValueError(f"rescale must lie in [0, 1] (0: off, 1: fully rescaled), got {rescale!r}.")
+    if scale_schedule not in ("constant", "linear"):
+        raise ValueError(f"scale_schedule must be 'constant' or 'linear', got {scale_schedule!r}.")
+    interval = check_interval(interval, schedule.T)
+    predict = batched_predictions(model, [null_cond, cond])
+    plain = parallel == 1 and rescale == 0 and scale_schedule == "constant"
+
+    def eps_fn(x: Tensor, t: Tensor) -> Tensor:
+        eps_u, eps_c = predict(x, t)
+        if plain and interval is None:
+            return combine(eps_u, [(eps_c, scale)])
+        s = _scale_at(scale, t.reshape(-1).expand(x.shape[0]), schedule.T, interval, scale_schedule, x)
+        if space == "x0":
+            u, c = x0_from_eps(schedule, x, t, eps_u), x0_from_eps(schedule, x, t, eps_c)
+        else:
+            u, c = eps_u, eps_c
+        d = c - u
+        if parallel != 1:
+            d = d - (1 - parallel) * parallel_part(d, c)
+        guided = c + (s - 1) * d
+        if rescale > 0:
+            g0 = guided if space == "x0" else x0_from_eps(schedule, x, t, guided)
+            c0 = c if space == "x0" else x0_from_eps(schedule, x, t, eps_c)
+            dims = tuple(range(1, x.ndim))
+            ratio = c0.std(dims, keepdim=True) / g0.std(dims, keepdim=True).clamp_min(1e-12)
+            guided = rescale * g0 * ratio + (1 - rescale) * g0
+            return eps_from_x0(schedule, x, t, guided)
+        return eps_from_x0(schedule, x, t, guided) if space == "x0" else guided
+
+    return eps_fn
