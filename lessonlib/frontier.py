@@ -53,8 +53,12 @@ def frontier_methods(schedule) -> dict[str, tuple[list[float], Callable[[float, 
 
 
 def measure_frontier(*, n: int = 200, steps: int = 20, seed: int = 0, methods: list[str] | None = None,
+                     scales: dict[str, list[float]] | None = None, default_scales: list[float] | None = None,
                      progress: bool = False) -> tuple[list[dict], float]:
-    """One row per (method, scale): adherence, FID_judge, diversity, ms per image; plus the FID floor at n."""
+    """One row per (method, scale): adherence, FID_judge, diversity, ms per image; plus the FID floor at n.
+
+    ``scales`` overrides the scales of named methods; ``default_scales`` those of every other CFG method.
+    """
     if n < 20 or n % 10:
         raise ValueError(f"n must be a multiple of 10 and at least 20 (10 classes), got {n}.")
     schedule = make_schedule("linear", 1000)
@@ -64,13 +68,17 @@ def measure_frontier(*, n: int = 200, steps: int = 20, seed: int = 0, methods: l
     noise = torch.randn(n, 1, 28, 28, generator=gen)
     y = torch.arange(n) % 10
     table = frontier_methods(schedule)
-    unknown = set(methods or []) - set(table)
+    unknown = (set(methods or []) | set(scales or {})) - set(table)
     if unknown:
         raise ValueError(f"unknown methods {sorted(unknown)}; choose from {sorted(table)}.")
     rows = []
     for name in methods or list(table):
-        scales, make = table[name]
-        for s in scales:
+        own, make = table[name]
+        if scales and name in scales:
+            own = scales[name]
+        elif default_scales and name.startswith("CFG"):
+            own = default_scales
+        for s in own:
             start = time.perf_counter()
             xs = sample(make(s, y), noise, schedule, steps=steps, clip_x0=True, progress=progress).clamp(-1, 1)
             seconds = time.perf_counter() - start

@@ -6,6 +6,7 @@ Needs Playwright for Python (a dev dependency) and a Chromium executable (Debian
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -69,6 +70,21 @@ def jupyterlab(tmp_path):
         proc.kill()
 
 
+def _run_all_cells(page, *, attempts: int = 3) -> None:
+    """Run -> Run All Cells once the kernel is idle; retry if no cell starts (a click before the kernel connects is lost)."""
+    started = page.locator(".jp-InputArea-prompt", has_text=re.compile(r"\[(\*|\d+)\]"))
+    for _ in range(attempts):
+        page.get_by_text(re.compile(r"\|\s*Idle")).first.wait_for(timeout=120_000)  # the status bar's kernel state
+        page.get_by_role("menuitem", name="Run", exact=True).click()
+        page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+        try:
+            started.first.wait_for(timeout=30_000)
+            return
+        except playwright_api.TimeoutError:
+            page.keyboard.press("Escape")
+    pytest.fail(f"no cell started after {attempts} tries of Run All Cells")
+
+
 def _wait_for_lesson(page, folder: Path, *, timeout_s: float) -> None:
     """Wait for the lesson's closing "all checks passed"; on an error output or a timeout, fail with what the page shows."""
     done = page.locator(".jp-OutputArea-output", has_text="all checks passed")
@@ -94,9 +110,7 @@ def test_guidance_slider_moved_by_keyboard_changes_the_image(jupyterlab, tmp_pat
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(jupyterlab)
             page.locator(".jp-Notebook").first.wait_for(timeout=90_000)
-            page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(timeout=90_000)
-            page.get_by_role("menuitem", name="Run", exact=True).click()
-            page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+            _run_all_cells(page)
             _wait_for_lesson(page, tmp_path, timeout_s=420)
             if os.environ.get("LESSONLIB_SCREENSHOT_DIR"):
                 Path(os.environ["LESSONLIB_SCREENSHOT_DIR"], "browser_test.html").write_text(page.content())
