@@ -29,7 +29,7 @@ from .recipes import RECIPES, Recipe
 from .schedules import make_schedule
 
 __all__ = ["Recipe", "RECIPES", "TrainResult", "fit", "diffusion_loss_fn", "classifier_loss_fn", "accuracy_by_t",
-           "drop_conditions", "load_dataset", "random_shift", "run_recipe", "main", "clip_loss_fn",
+           "drop_conditions", "drop_mask", "load_dataset", "random_shift", "run_recipe", "main", "clip_loss_fn",
            "digit_caption_fn", "text_diffusion_loss_fn"]
 
 
@@ -92,11 +92,20 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, int], Tensor], *, steps:
     return TrainResult(ema.model if ema else model, losses, time.perf_counter() - start, len(losses))
 
 
-def drop_conditions(labels: Tensor, p_uncond: float, generator: torch.Generator | None = None) -> Tensor:
-    """Replace each label by the null label -1 independently with probability p_uncond (lesson 07)."""
+def _check_p_uncond(p_uncond: float) -> None:
     if not 0 <= p_uncond <= 1:
         raise ValueError(f"p_uncond must lie in [0, 1], got {p_uncond}.")
-    drop = torch.rand(labels.shape, generator=generator) < p_uncond
+
+
+def drop_mask(n: int, p_uncond: float, generator: torch.Generator | None = None) -> Tensor:
+    """(n,) bools, each True independently with probability p_uncond: which conditions become null (lessons 07, 08)."""
+    _check_p_uncond(p_uncond)
+    return torch.rand(n, generator=generator) < p_uncond
+
+
+def drop_conditions(labels: Tensor, p_uncond: float, generator: torch.Generator | None = None) -> Tensor:
+    """Replace each label by the null label -1 independently with probability p_uncond (lesson 07)."""
+    drop = drop_mask(len(labels), p_uncond, generator)
     return torch.where(drop.to(labels.device), torch.full_like(labels, -1), labels)
 
 
@@ -184,14 +193,13 @@ def text_diffusion_loss_fn(images: Tensor, labels: Tensor, schedule, *, clip, ba
     """Denoising loss conditioned on frozen-CLIP features of random captions, dropped to null w.p. p_uncond (lesson 08)."""
     from .clip import text_condition
 
-    if not 0 <= p_uncond <= 1:
-        raise ValueError(f"p_uncond must lie in [0, 1], got {p_uncond}.")
+    _check_p_uncond(p_uncond)
     captions = digit_caption_fn(images, labels, clip.bins, generator=generator, p_attribute=p_attribute, p_digit=p_digit)
 
     def loss(model: nn.Module, step: int) -> Tensor:
         idx = torch.randint(0, len(images), (batch_size,), generator=generator)
         cond = text_condition(clip, captions(idx))
-        cond["null"] = torch.rand(batch_size, generator=generator) < p_uncond
+        cond["null"] = drop_mask(batch_size, p_uncond, generator)
         return denoising_loss(model, images[idx], schedule, generator=generator, cond=cond)
     return loss
 
