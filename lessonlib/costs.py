@@ -6,9 +6,12 @@ For N = H * W image positions with C channels, batch B, and (cross-attention) L 
 | --------------- | -------------------------- | ------------------------------------------------------- |
 | self-attention  | B N^2                      | 2 B [N C 3C (qkv) + 2 N^2 C (scores, mix) + N C^2 (out)] |
 | cross-attention | B N L                      | 2 B [N C^2 (q) + L D 2C (kv) + 2 N L C + N C^2 (out)]    |
+| FiLM / AdaGN    | none                       | 2 B E 2C (the linear map from the embedding of width E)  |
 
-Self-attention grows with N^2 (the resolution to the fourth power); cross-attention only with N L.
-:func:`measured_softmax_bytes` reads the bytes the softmax actually allocates from torch's profiler.
+Self-attention grows with N^2 (the resolution to the fourth power); cross-attention only with N L; FiLM not
+with the resolution at all (its per-pixel scale and shift are element-wise, not multiply-adds of a matmul).
+:func:`measured_softmax_bytes` reads the bytes the softmax actually allocates from torch's profiler, and
+:func:`measured_flops` counts matmul and convolution FLOPs with torch's FlopCounterMode.
 """
 from __future__ import annotations
 
@@ -22,7 +25,8 @@ from torch import nn
 
 from .nets.unet import CrossAttention, SelfAttention
 
-__all__ = ["AttentionCost", "attention_cost", "unet_attention_costs", "measured_softmax_bytes"]
+__all__ = ["AttentionCost", "attention_cost", "film_flops", "unet_attention_costs", "measured_softmax_bytes",
+           "measured_flops"]
 
 
 @dataclass
@@ -49,6 +53,11 @@ def attention_cost(kind: str, *, resolution: int, channels: int, batch: int = 1,
     else:
         keys, macs = tokens, n * c * c + tokens * context_dim * 2 * c + 2 * n * tokens * c + n * c * c
     return AttentionCost(kind, resolution, n, keys, c, 2 * batch * macs, batch * n * keys * bytes_per_float)
+
+
+def film_flops(*, emb_dim: int, channels: int, batch: int = 1) -> int:
+    """FLOPs of a FiLM/AdaGN modulation's linear map, 2 B E 2C: independent of the resolution (lesson 10)."""
+    return 2 * batch * emb_dim * 2 * channels
 
 
 def unet_attention_costs(model: nn.Module, x: torch.Tensor, t: torch.Tensor, cond=None) -> list[tuple[nn.Module, AttentionCost]]:
@@ -97,3 +106,12 @@ def measured_softmax_bytes(fn) -> int:
         fn()
     return int(sum(max(e.self_cpu_memory_usage, 0) + max(getattr(e, "self_device_memory_usage", 0), 0)
                    for e in prof.key_averages() if "softmax" in e.key))
+
+
+def measured_flops(fn) -> int:
+    """Matmul and convolution FLOPs of ``fn()`` as torch's FlopCounterMode counts them (lesson 10)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())

@@ -15,7 +15,7 @@ from .diffusion import q_sample
 from .recipes import Recipe
 from .schedules import make_schedule
 
-__all__ = ["CLASSIFIER_EVAL_T", "accuracy_by_t", "evaluate", "load_dataset", "text_adherence", "text_eval_prompts"]
+__all__ = ["CLASSIFIER_EVAL_T", "accuracy_by_t", "controlnet_comparison", "evaluate", "load_dataset", "text_adherence", "text_eval_prompts"]
 
 
 def load_dataset(name: str, split: str):
@@ -118,6 +118,35 @@ def _evaluate_text(model: nn.Module, clip, judge: nn.Module, schedule, n: int, p
     return out
 
 
+def controlnet_comparison(net: nn.Module, images: Tensor, labels: Tensor, judge: nn.Module, schedule, *,
+                          scales=(1.0, 3.0), steps: int = 25, cells: int = 7, seed: int = 0, progress: bool = False) -> dict:
+    """Layout IoU and judge adherence of the frozen base and of the ControlNet asked for the layouts of ``images``.
+
+    Same noise, same labels, CFG at each scale (both branches see the hint); ``"real"`` is the IoU of real digits
+    of the same class but another image (what the class alone explains), lesson 10.
+    """
+    from .bench import generate
+    from .guidance import batched_cfg
+    from .metrics import judge_accuracy, layout_iou
+    from .nets.controlnet import coarse_layout
+
+    n, hints = len(images), coarse_layout(images, cells=cells)
+    out = {"n": n, "sampler": f"ddim-{steps}"}
+    same_class = torch.arange(n)
+    for c in labels.unique():
+        idx = torch.nonzero(labels == c).flatten()
+        same_class[idx] = torch.roll(idx, 1)  # another digit of the same class
+    out["real_same_class_iou"] = float(layout_iou(images[same_class], hints, cells=cells).mean())
+    for scale in scales:
+        for name, eps in (("base", batched_cfg(net.base, labels, -1, scale)),
+                          ("controlnet", batched_cfg(net, {"class": labels, "hint": hints}, {"class": -1, "hint": hints},
+                                                     scale))):
+            xs, _ = generate(eps, n, schedule, steps=steps, seed=seed, batch=n, progress=progress)
+            out[f"{name}_cfg{scale:g}"] = {"layout_iou": float(layout_iou(xs, hints, cells=cells).mean()),
+                                           "adherence": judge_accuracy(judge, xs, labels)}
+    return out
+
+
 def evaluate(recipe: Recipe, model: nn.Module, progress: bool) -> dict:
     """Metrics recorded in the manifest: judge test accuracy, or FID_judge of DDIM-50 samples with its floor."""
     from .bench import generate
@@ -136,6 +165,10 @@ def evaluate(recipe: Recipe, model: nn.Module, progress: bool) -> dict:
     except zoo.ZooError as exc:
         return {"note": f"no judge to measure with ({exc})"}
     n, gen = recipe.extra.get("eval_n", 1000), torch.Generator().manual_seed(0)
+    if recipe.task == "controlnet":
+        idx = torch.randperm(len(test), generator=gen)[:n]
+        return controlnet_comparison(model, test.images[idx], test.labels[idx], judge, schedule,
+                                     cells=recipe.extra["cells"], progress=progress)
     shape = (model.config.in_channels, model.config.image_size, model.config.image_size)
     ref = test.images[torch.randperm(len(test), generator=gen)[:n]]
     floor = fid_floor(judge, test.images, n)

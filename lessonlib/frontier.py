@@ -15,7 +15,7 @@ from torch import Tensor
 from . import zoo
 from .data import load_mnist
 from .guidance import EpsFn, batched_cfg, classifier_grad, clip_grad, grad_guidance
-from .metrics import diversity, fid_floor, fid_judge, judge_accuracy
+from .metrics import class_diversity, fid_floor, fid_judge, judge_accuracy
 from .samplers import sample
 from .schedules import make_schedule
 from .variants import cfg_variant
@@ -84,7 +84,7 @@ def measure_frontier(*, n: int = 200, steps: int = 20, seed: int = 0, methods: l
             seconds = time.perf_counter() - start
             rows.append({"method": name, "scale": s, "adherence": judge_accuracy(judge, xs, y),
                          "fid_judge": fid_judge(judge, xs, ref),
-                         "diversity": sum(diversity(judge, xs[y == k]) for k in range(10)) / 10,
+                         "diversity": class_diversity(judge, xs, y),
                          "ms_per_image": 1000 * seconds / n})
     return rows, fid_floor(judge, test.images, n)
 

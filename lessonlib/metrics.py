@@ -4,15 +4,17 @@
 - FID_judge: Frechet distance between Gaussians fitted to judge features of samples and of real
   test images (always report N, and the real-vs-real floor at the same N);
 - diversity: mean pairwise L2 distance between judge features of samples of one class;
-- energy distance: a sample distance for the 2-D toy (lesson 01).
+- energy distance: a sample distance for the 2-D toy (lesson 01);
+- layout IoU: overlap of the inked cells of a coarse layout asked for and the one produced (lesson 10).
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["energy_distance", "judge_features", "judge_accuracy", "frechet_distance", "fid_judge",
-           "fid_floor", "diversity"]
+           "fid_floor", "diversity", "class_diversity", "layout_iou"]
 
 
 def energy_distance(a: Tensor, b: Tensor) -> float:
@@ -84,3 +86,30 @@ def diversity(judge: nn.Module, samples: Tensor) -> float:
     if n < 2:
         raise ValueError("diversity needs at least two samples.")
     return float(torch.cdist(f, f).sum() / (n * (n - 1)))
+
+
+def class_diversity(judge: nn.Module, samples: Tensor, labels) -> float:
+    """:func:`diversity` within each requested class, averaged over the classes (lessons 04, 06, 07, 09, 10)."""
+    labels = torch.as_tensor(labels)
+    if labels.shape != samples.shape[:1]:
+        raise ValueError(f"give one label per sample: {tuple(labels.shape)} labels for {len(samples)} samples.")
+    classes = labels.unique()
+    return sum(diversity(judge, samples[labels == k]) for k in classes) / len(classes)
+
+
+def layout_iou(samples: Tensor, layouts: Tensor, *, cells: int = 7, threshold: float = 0.25) -> Tensor:
+    """Per-sample IoU of the cells with ink fraction > threshold in the samples and in the layouts asked for (lesson 10).
+
+    ``layouts`` are hints from :func:`lessonlib.nets.controlnet.coarse_layout` (ink fraction in [0, 1]); two
+    empty layouts count as a perfect match. Returns (N,) values in [0, 1]; take ``.mean()`` for the metric.
+    """
+    from .nets.controlnet import coarse_layout
+
+    if samples.shape[0] != layouts.shape[0] or samples.shape[-2:] != layouts.shape[-2:]:
+        raise ValueError(f"samples {tuple(samples.shape)} and layouts {tuple(layouts.shape)} must match in batch and size.")
+    if not 0 < threshold < 1:
+        raise ValueError(f"threshold is an ink fraction in (0, 1), got {threshold}.")
+    got = F.adaptive_avg_pool2d(coarse_layout(samples, cells=cells), cells) > threshold
+    want = F.adaptive_avg_pool2d(layouts.mean(1, keepdim=True), cells) > threshold
+    inter, union = (got & want).flatten(1).sum(1), (got | want).flatten(1).sum(1)
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter, dtype=torch.float))

@@ -1,4 +1,4 @@
-"""The course's named recipes: everything that defines a shipped checkpoint's training run (lessons 02-08).
+"""The course's named recipes: everything that defines a shipped checkpoint's training run (lessons 02-10).
 
 ``python -m lessonlib.train NAME`` trains one (see :mod:`lessonlib.train`); the zoo manifest records the
 recipe next to the checkpoint it produced.
@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 from .clip import SmallCLIPConfig
+from .nets.controlnet import ControlNetConfig
 from .nets.classifier import JudgeConfig, NoisyClassifierConfig
 from .nets.unet import UNetConfig
 
@@ -19,7 +20,7 @@ class Recipe:
     """Everything that defines a shipped checkpoint's training run."""
 
     name: str
-    task: str  # "diffusion", "text-diffusion", "judge", "noisy-classifier", "clean-classifier", "clip", "noisy-clip"
+    task: str  # "diffusion", "text-diffusion", "controlnet", "judge", "noisy-classifier", "clean-classifier", "clip", "noisy-clip"
     arch: str
     config: dict
     steps: int
@@ -107,3 +108,18 @@ RECIPES.update({
                     "mnist-clip token features and the pooled text vector in the time embedding; captions of measured "
                     "digit, thickness, slant and size, dropped to the learned null text with p_uncond = 0.1"),
 })
+
+# lesson 10: one budget (the p_uncond ablation's) for three ways of feeding the class in, then a ControlNet
+for _inj in ("concat", "film", "adaln_zero"):
+    _name = f"mnist-cond-{_inj.replace('_', '')}"
+    RECIPES[_name] = Recipe(
+        _name, "diffusion", "UNet", asdict(replace(_MNIST_UNET, num_classes=10, class_injection=_inj)), steps=1000,
+        batch_size=64, lr=2e-3, ema_decay=0.995, warmup=100, p_uncond=0.1, extra={"eval_n": 500},
+        description=f"lesson 10's conditioning comparison: the mnist-cfg U-Net with the class injected by {_inj}, "
+                    "trained for 1,000 steps (the same budget for all three)")
+RECIPES["mnist-controlnet"] = Recipe(
+    "mnist-controlnet", "controlnet", "ControlNet", asdict(ControlNetConfig(unet=RECIPES["mnist-cfg"].config)),
+    steps=2000, batch_size=64, lr=1e-3, ema_decay=0.995, warmup=100, p_uncond=0.1,
+    extra={"base": "mnist-cfg", "cells": 7, "eval_n": 500},
+    description="ControlNet on the frozen mnist-cfg U-Net: a trainable copy of its encoder reads a 7x7 coarse ink "
+                "layout of the training digit through zero convolutions; class labels dropped with p_uncond = 0.1")

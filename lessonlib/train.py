@@ -115,11 +115,17 @@ def _batch(images: Tensor, labels: Tensor, size: int, generator: torch.Generator
 
 
 def diffusion_loss_fn(images: Tensor, labels: Tensor, schedule, *, batch_size: int, conditional: bool,
-                      p_uncond: float = 0.0, generator: torch.Generator) -> Callable[[nn.Module, int], Tensor]:
-    """Denoising loss on random batches; conditional models see labels dropped to null at rate p_uncond."""
+                      p_uncond: float = 0.0, generator: torch.Generator,
+                      hint: Callable[[Tensor], Tensor] | None = None) -> Callable[[nn.Module, int], Tensor]:
+    """Denoising loss on random batches; conditional models see labels dropped to null at rate p_uncond.
+
+    With ``hint`` (a ControlNet, lesson 10) the condition is ``{"class": labels, "hint": hint(x0)}``.
+    """
     def loss(model: nn.Module, step: int) -> Tensor:
         x0, y = _batch(images, labels, batch_size, generator)
         cond = drop_conditions(y, p_uncond, generator) if conditional else None
+        if hint is not None:
+            cond = {"class": cond, "hint": hint(x0)}
         return denoising_loss(model, x0, schedule, generator=generator, cond=cond)
     return loss
 
@@ -216,7 +222,10 @@ def run_recipe(name: str, *, steps: int | None = None, time_limit_min: float | N
     gen = torch.Generator().manual_seed(recipe.seed)
     train = load_dataset(recipe.dataset, "train")
     model_cls, config_cls = zoo.ARCHITECTURES[recipe.arch]
-    model = model_cls(config_cls(**recipe.config))
+    if recipe.task == "controlnet":
+        model = model_cls.from_base(zoo.load(recipe.extra["base"]))
+    else:
+        model = model_cls(config_cls(**recipe.config))
     schedule = make_schedule(recipe.schedule, recipe.T)
     if recipe.task == "clip" and recipe.dataset == "mnist":
         from .captions import fit_bins
@@ -238,9 +247,13 @@ def run_recipe(name: str, *, steps: int | None = None, time_limit_min: float | N
         loss_fn = text_diffusion_loss_fn(train.images, train.labels, schedule, clip=zoo.load(recipe.extra["clip"]),
                                          batch_size=recipe.batch_size, p_uncond=recipe.p_uncond, generator=gen,
                                          p_attribute=recipe.extra["p_attribute"], p_digit=recipe.extra["p_digit"])
-    elif recipe.task == "diffusion":
+    elif recipe.task in ("diffusion", "controlnet"):
+        from .nets.controlnet import coarse_layout
+
+        hint = (lambda x0: coarse_layout(x0, cells=recipe.extra["cells"])) if recipe.task == "controlnet" else None
         loss_fn = diffusion_loss_fn(train.images, train.labels, schedule, batch_size=recipe.batch_size,
-                                    conditional=bool(model.config.num_classes), p_uncond=recipe.p_uncond, generator=gen)
+                                    conditional=recipe.task == "controlnet" or bool(model.config.num_classes),
+                                    p_uncond=recipe.p_uncond, generator=gen, hint=hint)
     else:
         loss_fn = classifier_loss_fn(train.images, train.labels, batch_size=recipe.batch_size, generator=gen,
                                      schedule=None if recipe.task == "judge" else schedule,
@@ -253,9 +266,15 @@ def run_recipe(name: str, *, steps: int | None = None, time_limit_min: float | N
     info = {"recipe": asdict(recipe), "command": command, "data": train.source, "train_images": len(train),
             "steps_done": result.steps, "wall_time_s": round(result.seconds, 1),
             "final_loss": sum(result.losses[-100:]) / len(result.losses[-100:]),
+            "loss_curve": _loss_curve(result.losses),
             "parameters": sum(p.numel() for p in result.model.parameters()), "metrics": metrics}
     entry = zoo.save(name, result.model, info=info, directory=directory)
     return result.model, entry
+
+
+def _loss_curve(losses: list[float], every: int = 50) -> list[float]:
+    """Mean training loss over each block of ``every`` steps (the manifest's loss curve, lesson 10)."""
+    return [round(sum(losses[i:i + every]) / len(losses[i:i + every]), 5) for i in range(0, len(losses), every)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,7 @@ from torch import nn
 
 from .clip import SmallCLIP, SmallCLIPConfig
 from .nets.classifier import JudgeConfig, JudgeNet, NoisyClassifier, NoisyClassifierConfig
+from .nets.controlnet import ControlNet, ControlNetConfig
 from .nets.unet import UNet, UNetConfig
 
 __all__ = ["ARCHITECTURES", "ZooError", "checkpoint_dir", "manifest", "load", "save", "sha256_of", "machine_summary"]
@@ -29,6 +30,7 @@ ARCHITECTURES: dict[str, tuple[type[nn.Module], type]] = {
     "JudgeNet": (JudgeNet, JudgeConfig),
     "NoisyClassifier": (NoisyClassifier, NoisyClassifierConfig),
     "SmallCLIP": (SmallCLIP, SmallCLIPConfig),
+    "ControlNet": (ControlNet, ControlNetConfig),
 }
 MAX_BYTES = 10 * 1024 * 1024
 

@@ -24,7 +24,10 @@ from torch import Tensor, nn
 
 from .embedding import TimeMLP
 
-__all__ = ["UNetConfig", "UNet", "ResBlock", "SelfAttention", "CrossAttention"]
+__all__ = ["UNetConfig", "UNet", "ResBlock", "SelfAttention", "CrossAttention", "INJECTIONS"]
+
+INJECTIONS = ("film", "concat", "adaln_zero")
+CONCAT_CHANNELS = 8  # width of the learned class maps concatenated to the input (class_injection="concat")
 
 
 @dataclass
@@ -41,6 +44,7 @@ class UNetConfig:
     num_classes: int | None = None  # class conditioning with a learned null class
     cond_dim: int | None = None  # pooled-vector conditioning (text) with a learned null vector
     context_dim: int | None = None  # token cross-attention at the attention resolutions and the middle (lesson 08)
+    class_injection: str = "film"  # how class labels enter (lesson 10): "film", "concat" or "adaln_zero"
     dropout: float = 0.0
     groups: int = 8
     extra: dict = field(default_factory=dict)  # room for later lessons' options
@@ -52,6 +56,10 @@ class UNetConfig:
         if self.image_size % factor:
             raise ValueError(f"image_size {self.image_size} must be divisible by patch_size * 2^(levels-1) = "
                              f"{factor}; use fewer channel_mults or a smaller patch_size.")
+        if self.class_injection not in INJECTIONS:
+            raise ValueError(f"class_injection must be one of {INJECTIONS}, got {self.class_injection!r}.")
+        if self.class_injection == "concat" and not self.num_classes:
+            raise ValueError("class_injection='concat' concatenates class maps to the input; it needs num_classes.")
         if self.base_channels % self.groups:
             raise ValueError(f"base_channels ({self.base_channels}) must be a multiple of groups ({self.groups}).")
 
@@ -60,23 +68,30 @@ class UNetConfig:
 
 
 class ResBlock(nn.Module):
-    """GN-SiLU-conv, FiLM from the embedding, GN-SiLU-dropout-conv (zero-initialised), plus a skip."""
+    """GN-SiLU-conv, FiLM from the embedding, GN-SiLU-dropout-conv (zero-initialised), plus a skip.
 
-    def __init__(self, cin: int, cout: int, emb_dim: int, *, groups: int, dropout: float = 0.0):
+    ``gated=True`` is AdaLN-zero (Peebles & Xie 2023, lesson 10): the embedding also gives a per-channel
+    gate on the residual branch, and the whole modulation (scale, shift, gate) starts at zero, so the
+    block starts as its skip path; the last convolution then keeps its ordinary initialisation.
+    """
+
+    def __init__(self, cin: int, cout: int, emb_dim: int, *, groups: int, dropout: float = 0.0, gated: bool = False):
         super().__init__()
+        self.gated = gated
         self.norm1, self.conv1 = nn.GroupNorm(groups, cin), nn.Conv2d(cin, cout, 3, padding=1)
-        self.film = nn.Linear(emb_dim, 2 * cout)
+        self.film = nn.Linear(emb_dim, (3 if gated else 2) * cout)
         self.norm2, self.drop = nn.GroupNorm(groups, cout), nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
-        nn.init.zeros_(self.conv2.weight)
-        nn.init.zeros_(self.conv2.bias)
+        for layer in (self.film,) if gated else (self.conv2,):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.film(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
-        h = self.norm2(h) * (1 + scale) + shift
-        return self.skip(x) + self.conv2(self.drop(F.silu(h)))
+        scale, shift, *gate = self.film(F.silu(emb))[:, :, None, None].chunk(3 if self.gated else 2, dim=1)
+        h = self.conv2(self.drop(F.silu(self.norm2(h) * (1 + scale) + shift)))
+        return self.skip(x) + (gate[0] * h if self.gated else h)
 
 
 class SelfAttention(nn.Module):
@@ -132,16 +147,19 @@ class UNet(nn.Module):
         C, g = cfg.base_channels, cfg.groups
         emb_dim = 4 * C
         self.time_mlp = TimeMLP(C, emb_dim)
-        self.class_emb = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
+        concat = cfg.class_injection == "concat"
+        self.class_emb = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes and not concat else None
+        self.class_maps = nn.Embedding(cfg.num_classes + 1, CONCAT_CHANNELS) if concat else None
         if cfg.cond_dim:
             self.vec_proj = nn.Linear(cfg.cond_dim, emb_dim)
             self.null_vec = nn.Parameter(torch.zeros(cfg.cond_dim))
         if cfg.context_dim:
             self.null_token = nn.Parameter(torch.zeros(cfg.context_dim))
-        block = lambda cin, cout: ResBlock(cin, cout, emb_dim, groups=g, dropout=cfg.dropout)  # noqa: E731
+        gated = cfg.class_injection == "adaln_zero"
+        block = lambda cin, cout: ResBlock(cin, cout, emb_dim, groups=g, dropout=cfg.dropout, gated=gated)  # noqa: E731
 
         pixels = cfg.in_channels * cfg.patch_size**2
-        self.inp = nn.Conv2d(pixels, C, 3, padding=1)
+        self.inp = nn.Conv2d(pixels + (CONCAT_CHANNELS if concat else 0), C, 3, padding=1)
         self.down, skips, ch, res = nn.ModuleList(), [C], C, cfg.image_size // cfg.patch_size
         for level, mult in enumerate(cfg.channel_mults):
             for _ in range(cfg.num_res_blocks):
@@ -185,6 +203,8 @@ class UNet(nn.Module):
             raise ValueError(f"unknown condition keys {sorted(unknown)}; use 'class', 'vec', 'null', 'tokens', 'mask'.")
         if self.class_emb is not None:
             emb = emb + self.class_emb(self._class_index(parts.get("class"), t.shape[0], t.device))
+        elif self.class_maps is not None:
+            self._class_index(parts.get("class"), t.shape[0], t.device)  # checks the labels; used in encode()
         elif parts.get("class") is not None:
             raise ValueError("this U-Net has no class conditioning (num_classes=None) but was given class labels.")
         if self.config.cond_dim:
@@ -237,24 +257,52 @@ class UNet(nn.Module):
         return vec if null is None else torch.where(null.reshape(-1, 1).to(vec.device), null_vec, vec)
 
     # ---- forward ----
-    def forward(self, x: Tensor, t: Tensor, cond=None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, cond=None, *, residuals: list[Tensor] | None = None) -> Tensor:
+        """eps_hat; ``residuals`` (one per skip feature, then one for the middle) are added first (ControlNet)."""
+        h, hs, emb, ctx = self.encode(x, t, cond)
+        if residuals is not None:
+            if len(residuals) != len(hs) + 1:
+                raise ValueError(f"give {len(hs) + 1} residuals (one per skip feature and the middle), got {len(residuals)}.")
+            hs, h = [a + r for a, r in zip(hs, residuals)], h + residuals[-1]
+        return self.decode(h, hs, emb, ctx)
+
+    def encode(self, x: Tensor, t: Tensor, cond=None, *, added: Tensor | None = None):
+        """The encoder half: (middle features, skip features, embedding, context); ``added`` joins after the stem."""
         cfg = self.config
         if x.ndim != 4 or x.shape[1:] != (cfg.in_channels, cfg.image_size, cfg.image_size):
             raise ValueError(f"this U-Net takes images of shape (B, {cfg.in_channels}, {cfg.image_size}, "
                              f"{cfg.image_size}), got {tuple(x.shape)}.")
         emb = self.embed(t.reshape(-1).expand(x.shape[0]), cond)
         ctx = self.context(cond, x.shape[0], x.device)
-        h = self.inp(F.pixel_unshuffle(x, cfg.patch_size) if cfg.patch_size > 1 else x)
+        h = F.pixel_unshuffle(x, cfg.patch_size) if cfg.patch_size > 1 else x
+        if self.class_maps is not None:
+            labels = cond.get("class") if isinstance(cond, dict) else cond
+            maps = self.class_maps(self._class_index(labels, x.shape[0], x.device))
+            h = torch.cat([h, maps[:, :, None, None].expand(-1, -1, *h.shape[-2:])], 1)
+        h = self.inp(h)
+        if added is not None:
+            h = h + added
         hs = [h]
         for layer in self.down:
             h = self._run(layer, h, emb, ctx)
             hs.append(h)
         h = self._run(self.mid[:-1], h, emb, ctx)
-        h = self.mid[-1](h, emb)
+        return self.mid[-1](h, emb), hs, emb, ctx
+
+    def decode(self, h: Tensor, hs: list[Tensor], emb: Tensor, ctx=None) -> Tensor:
+        """The decoder half: consumes the skip features (a copy of the list) and returns eps_hat."""
+        hs = list(hs)
         for layer in self.up:
             h = self._run(layer, torch.cat([h, hs.pop()], 1), emb, ctx) if isinstance(layer, nn.ModuleList) else layer(h)
         h = self.out(h)
-        return F.pixel_shuffle(h, cfg.patch_size) if cfg.patch_size > 1 else h
+        return F.pixel_shuffle(h, self.config.patch_size) if self.config.patch_size > 1 else h
+
+    def skip_channels(self) -> list[int]:
+        """Channels of each skip feature ``encode`` returns, then of the middle (the ControlNet's zero convolutions)."""
+        chans = [self.inp.out_channels]
+        for layer in self.down:
+            chans.append(layer[0].conv2.out_channels if isinstance(layer, nn.ModuleList) else layer.out_channels)
+        return chans + [self.mid[-1].conv2.out_channels]
 
     @staticmethod
     def _run(layer, h: Tensor, emb: Tensor, ctx=None) -> Tensor:
