@@ -19,17 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .unet import UNet, UNetConfig
+from .unet import UNet, UNetConfig, zero_init
 
 __all__ = ["ControlNetConfig", "ControlNet", "zero_conv", "coarse_layout"]
 
 
 def zero_conv(channels: int) -> nn.Conv2d:
     """A 1x1 convolution with weight and bias zero: outputs 0 at initialisation, still learns (lesson 10)."""
-    conv = nn.Conv2d(channels, channels, 1)
-    nn.init.zeros_(conv.weight)
-    nn.init.zeros_(conv.bias)
-    return conv
+    return zero_init(nn.Conv2d(channels, channels, 1))
 
 
 def coarse_layout(images: Tensor, *, cells: int = 7) -> Tensor:

@@ -24,10 +24,17 @@ from torch import Tensor, nn
 
 from .embedding import TimeMLP
 
-__all__ = ["UNetConfig", "UNet", "ResBlock", "SelfAttention", "CrossAttention", "INJECTIONS"]
+__all__ = ["UNetConfig", "UNet", "ResBlock", "SelfAttention", "CrossAttention", "INJECTIONS", "zero_init"]
 
 INJECTIONS = ("film", "concat", "adaln_zero")
 CONCAT_CHANNELS = 8  # width of the learned class maps concatenated to the input (class_injection="concat")
+
+
+def zero_init(layer: nn.Module) -> nn.Module:
+    """Set a layer's weight and bias to zero, so it outputs 0 until trained (residual branches, ControlNet); returns it."""
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
 
 
 @dataclass
@@ -82,9 +89,7 @@ class ResBlock(nn.Module):
         self.film = nn.Linear(emb_dim, (3 if gated else 2) * cout)
         self.norm2, self.drop = nn.GroupNorm(groups, cout), nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
-        for layer in (self.film,) if gated else (self.conv2,):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        zero_init(self.film if gated else self.conv2)
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
@@ -100,8 +105,7 @@ class SelfAttention(nn.Module):
     def __init__(self, ch: int, *, groups: int):
         super().__init__()
         self.norm, self.qkv, self.out = nn.GroupNorm(groups, ch), nn.Conv2d(ch, 3 * ch, 1), nn.Conv2d(ch, ch, 1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        zero_init(self.out)
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
@@ -122,8 +126,7 @@ class CrossAttention(nn.Module):
         self.norm, self.q = nn.GroupNorm(groups, ch), nn.Conv2d(ch, ch, 1)
         self.ctx_norm, self.kv = nn.LayerNorm(context_dim), nn.Linear(context_dim, 2 * ch)
         self.out = nn.Conv2d(ch, ch, 1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        zero_init(self.out)
         self.record, self.attention = False, None
 
     def forward(self, x: Tensor, tokens: Tensor, mask: Tensor) -> Tensor:
@@ -181,8 +184,7 @@ class UNet(nn.Module):
                 self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)))
                 res *= 2
         self.out = nn.Sequential(nn.GroupNorm(g, ch), nn.SiLU(), nn.Conv2d(ch, pixels, 3, padding=1))
-        nn.init.zeros_(self.out[-1].weight)
-        nn.init.zeros_(self.out[-1].bias)
+        zero_init(self.out[-1])
 
     def _stage(self, res_block: ResBlock, ch: int, res: int) -> nn.ModuleList:
         cfg = self.config
