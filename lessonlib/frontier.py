@@ -7,43 +7,56 @@ Each method is a family of EpsFns indexed by its guidance scale; :func:`measure_
 from __future__ import annotations
 
 import time
+from functools import cache
 from typing import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from . import zoo
+from .captions import DIGIT_WORDS, zero_shot_templates
+from .clip import class_embeddings
 from .data import load_mnist
-from .guidance import EpsFn, batched_cfg, classifier_grad, clip_grad, grad_guidance
+from .guidance import batched_cfg, classifier_grad, grad_guidance, noisy_clip_grad
 from .metrics import class_diversity, fid_floor, fid_judge, judge_accuracy
-from .samplers import sample
-from .schedules import make_schedule
+from .samplers import sample_images
+from .schedules import NoiseSchedule
+from .types import NULL_CLASS, EpsFn
 from .variants import cfg_variant
 
 __all__ = ["frontier_methods", "measure_frontier", "best_points", "format_frontier"]
 
 CFG_SCALES = [1.0, 1.5, 2.0, 3.0, 5.0, 8.0]
+MakeEps = Callable[[float, Tensor], EpsFn]  # make(scale, labels) -> EpsFn
 
 
-def frontier_methods(schedule) -> dict[str, tuple[list[float], Callable[[float, Tensor], EpsFn]]]:
-    """name -> (scales, make(scale, labels) -> EpsFn) for classifier, CLIP and classifier-free guidance and variants."""
-    from .captions import DIGIT_WORDS, zero_shot_templates
-    from .clip import class_embeddings
+def frontier_methods(schedule: NoiseSchedule) -> dict[str, tuple[list[float], MakeEps]]:
+    """name -> (scales, make(scale, labels) -> EpsFn) for classifier, CLIP and classifier-free guidance and variants.
 
-    uncond, cfg_model = zoo.load("mnist-uncond"), zoo.load("mnist-cfg")
-    classifier, clip, noisy_clip = zoo.load("mnist-noisy-classifier"), zoo.load("mnist-clip"), zoo.load("mnist-clip-noisy")
-    digit_emb = class_embeddings(clip, DIGIT_WORDS, zero_shot_templates())
-    eps_u = lambda x, t: uncond(x, t)  # noqa: E731
+    Models load from the zoo on a method's first ``make`` call, so asking for one method loads only its models.
+    """
+    load: Callable[[str], nn.Module] = cache(zoo.load)
 
-    def variant(**options):
-        return lambda s, y: cfg_variant(cfg_model, y, -1, s, schedule=schedule, **options)
+    @cache
+    def digit_emb() -> Tensor:
+        return class_embeddings(load("mnist-clip"), DIGIT_WORDS, zero_shot_templates())
+
+    def eps_u(x: Tensor, t: Tensor) -> Tensor:
+        return load("mnist-uncond")(x, t)
+
+    def variant(**options) -> MakeEps:
+        return lambda s, y: cfg_variant(load("mnist-cfg"), y, NULL_CLASS, s, schedule=schedule, **options)
+
+    def classifier(s: float, y: Tensor) -> EpsFn:
+        return grad_guidance(eps_u, schedule, classifier_grad(load("mnist-noisy-classifier"), y), s)
+
+    def noisy_clip(s: float, y: Tensor) -> EpsFn:
+        return grad_guidance(eps_u, schedule, noisy_clip_grad(load("mnist-clip-noisy"), digit_emb()[y]), s)
 
     return {
-        "classifier guidance": ([1.0, 2.0, 4.0, 8.0, 16.0],
-                                lambda s, y: grad_guidance(eps_u, schedule, classifier_grad(classifier, y), s)),
-        "CLIP guidance (noise-aware)": ([10.0, 30.0, 100.0, 300.0],
-                                        lambda s, y: grad_guidance(eps_u, schedule, clip_grad(noisy_clip, digit_emb[y]), s)),
-        "CFG": (CFG_SCALES, lambda s, y: batched_cfg(cfg_model, y, -1, s)),
+        "classifier guidance": ([1.0, 2.0, 4.0, 8.0, 16.0], classifier),
+        "CLIP guidance (noise-aware)": ([10.0, 30.0, 100.0, 300.0], noisy_clip),
+        "CFG": (CFG_SCALES, lambda s, y: batched_cfg(load("mnist-cfg"), y, NULL_CLASS, s)),
         "CFG perpendicular (eps)": (CFG_SCALES, variant(parallel=0.0, space="eps")),
         "CFG perpendicular (x0)": (CFG_SCALES, variant(parallel=0.0, space="x0")),
         "CFG rescale 0.7": (CFG_SCALES, variant(rescale=0.7)),
@@ -61,7 +74,7 @@ def measure_frontier(*, n: int = 200, steps: int = 20, seed: int = 0, methods: l
     """
     if n < 20 or n % 10:
         raise ValueError(f"n must be a multiple of 10 and at least 20 (10 classes), got {n}.")
-    schedule = make_schedule("linear", 1000)
+    schedule = zoo.schedule_for("mnist-cfg")
     judge, test = zoo.load("mnist-judge"), load_mnist("test")
     gen = torch.Generator().manual_seed(seed)
     ref = test.images[torch.randperm(len(test), generator=gen)[:n]]
@@ -80,7 +93,7 @@ def measure_frontier(*, n: int = 200, steps: int = 20, seed: int = 0, methods: l
             own = default_scales
         for s in own:
             start = time.perf_counter()
-            xs = sample(make(s, y), noise, schedule, steps=steps, clip_x0=True, progress=progress).clamp(-1, 1)
+            xs = sample_images(make(s, y), noise, schedule, steps=steps, progress=progress)
             seconds = time.perf_counter() - start
             rows.append({"method": name, "scale": s, "adherence": judge_accuracy(judge, xs, y),
                          "fid_judge": fid_judge(judge, xs, ref),

@@ -12,7 +12,8 @@ samplers consume a single EpsFn. One scale convention everywhere:
 | eps_u + sum_i w_i (eps_i - eps_u)     | :func:`compose`              | Liu et al. 2022            |
 | eps - s sqrt(1 - abar_t) grad         | :func:`grad_guidance`        | Dhariwal & Nichol 2021     |
 | mean + s sigma_t^2 grad (DDPM)        | ``form="mean_shift"``        | Dhariwal & Nichol, Alg. 1  |
-| grad cos(CLIP(x0_hat or x_t), text)   | :func:`clip_grad`            | Nichol et al. 2022 (GLIDE) |
+| grad cos(CLIP(x0_hat), text)          | :func:`clip_grad`            | Nichol et al. 2022 (GLIDE) |
+| grad cos(CLIP_noisy(x_t, t), text)    | :func:`noisy_clip_grad`      | Nichol et al. 2022 (GLIDE) |
 
 The (1 + w) form of Ho & Salimans, (1 + w) eps_c - w eps_u, is the same number with w = s - 1.
 """
@@ -24,11 +25,11 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
+from .diffusion import x0_from_eps
 from .schedules import NoiseSchedule
+from .types import EpsFn, GradFn
 
 __all__ = [
-    "EpsFn",
-    "GradFn",
     "check_scale",
     "combine",
     "conditional",
@@ -42,10 +43,9 @@ __all__ = [
     "classifier_grad",
     "input_grad",
     "clip_grad",
+    "noisy_clip_grad",
 ]
 
-EpsFn = Callable[[Tensor, Tensor], Tensor]
-GradFn = Callable[[Tensor, Tensor], Tensor]  # (x_t, t) -> grad_x log p(y | x_t)
 
 
 def check_scale(scale, name: str = "scale") -> float:
@@ -215,26 +215,30 @@ def input_grad(score: Callable[[Tensor, Tensor], Tensor], x: Tensor, t: Tensor) 
     return g
 
 
-def clip_grad(image_encoder: Callable, text_emb: Tensor, *, eps_fn: EpsFn | None = None,
-              schedule: NoiseSchedule | None = None) -> GradFn:
-    """grad_x cos(E(.), e_text): the CLIP guidance direction (lesson 06).
-
-    With ``eps_fn`` and ``schedule`` (clean CLIP), E sees x0_hat(x_t) = (x_t - sqrt(1-abar) eps) / sqrt(abar),
-    clipped to [-1, 1] as the sampler clips it, and the gradient flows back through the eps-model too. Without them, ``image_encoder(x_t, t)`` is a
-    noise-aware image tower that reads x_t directly (GLIDE's noised CLIP). ``text_emb`` is (D,) or (B, D).
-    """
-    if (eps_fn is None) != (schedule is None):
-        raise ValueError("give both eps_fn and schedule (clean CLIP on x0_hat) or neither (noise-aware encoder).")
+def _cosine_grad(embed: Callable[[Tensor, Tensor], Tensor], text_emb: Tensor) -> GradFn:
+    """grad_x cos(embed(x_t, t), e_text), the shared core of both CLIP-guidance directions."""
     if text_emb.ndim not in (1, 2):
         raise ValueError(f"text_emb must be (D,) or (B, D), got shape {tuple(text_emb.shape)}.")
     target = torch.nn.functional.normalize(text_emb.detach(), dim=-1).reshape(-1, text_emb.shape[-1])
 
     def cosine(x: Tensor, t: Tensor) -> Tensor:
-        if eps_fn is None:
-            emb = image_encoder(x, t)
-        else:
-            a = schedule.at("abar", t, x)
-            emb = image_encoder(((x - (1 - a).sqrt() * eps_fn(x, t)) / a.sqrt()).clamp(-1, 1))
-        return (torch.nn.functional.normalize(emb, dim=-1) * _batch_cond(target, x.shape[0])).sum(-1)
+        emb = torch.nn.functional.normalize(embed(x, t), dim=-1)
+        return (emb * _batch_cond(target.to(emb.device), x.shape[0])).sum(-1)
 
     return lambda x, t: input_grad(cosine, x, t)
+
+
+def clip_grad(image_encoder: Callable[[Tensor], Tensor], text_emb: Tensor, *, eps_fn: EpsFn,
+              schedule: NoiseSchedule) -> GradFn:
+    """grad_x cos(E(x0_hat(x_t)), e_text): a clean CLIP guides through x0_hat (lesson 06).
+
+    x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) (:func:`~lessonlib.diffusion.x0_from_eps`), clipped
+    to [-1, 1] as the sampler clips it; the gradient flows back through the eps-model too. ``text_emb`` is
+    (D,) or (B, D).
+    """
+    return _cosine_grad(lambda x, t: image_encoder(x0_from_eps(schedule, x, t, eps_fn(x, t)).clamp(-1, 1)), text_emb)
+
+
+def noisy_clip_grad(noisy_encoder: Callable[[Tensor, Tensor], Tensor], text_emb: Tensor) -> GradFn:
+    """grad_x cos(E(x_t, t), e_text): a noise-aware image tower reads x_t directly (GLIDE's noised CLIP, lesson 06)."""
+    return _cosine_grad(noisy_encoder, text_emb)

@@ -1,11 +1,13 @@
-"""Measurements used across the course (definitions in DESIGN.md section 7).
+"""Measurements used across the course (every definition is written out below and in the README).
 
 - judge accuracy: share of samples the clean judge classifies as the requested class;
 - FID_judge: Frechet distance between Gaussians fitted to judge features of samples and of real
   test images (always report N, and the real-vs-real floor at the same N);
 - diversity: mean pairwise L2 distance between judge features of samples of one class;
 - energy distance: a sample distance for the 2-D toy (lesson 01);
-- layout IoU: overlap of the inked cells of a coarse layout asked for and the one produced (lesson 10).
+- layout IoU: overlap of the inked cells of a coarse layout asked for and the one produced (lesson 10);
+- accuracy against t: a classifier of (x_t, t) on noised test images (lessons 03, 05, 06);
+- text adherence: digit (judge), thickness and slant (measured) against the prompt (lesson 08).
 """
 from __future__ import annotations
 
@@ -13,8 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .captions import ATTRIBUTE_WORDS, AttributeBins, measure
+from .diffusion import q_sample
+from .schedules import NoiseSchedule
+from .transforms import coarse_layout
+
 __all__ = ["energy_distance", "judge_features", "judge_accuracy", "frechet_distance", "fid_judge",
-           "fid_floor", "diversity", "class_diversity", "layout_iou"]
+           "fid_floor", "diversity", "class_diversity", "layout_iou", "CLASSIFIER_EVAL_T", "accuracy_by_t",
+           "text_adherence"]
 
 
 def energy_distance(a: Tensor, b: Tensor) -> float:
@@ -100,11 +108,9 @@ def class_diversity(judge: nn.Module, samples: Tensor, labels) -> float:
 def layout_iou(samples: Tensor, layouts: Tensor, *, cells: int = 7, threshold: float = 0.25) -> Tensor:
     """Per-sample IoU of the cells with ink fraction > threshold in the samples and in the layouts asked for (lesson 10).
 
-    ``layouts`` are hints from :func:`lessonlib.nets.controlnet.coarse_layout` (ink fraction in [0, 1]); two
+    ``layouts`` are hints from :func:`lessonlib.transforms.coarse_layout` (ink fraction in [0, 1]); two
     empty layouts count as a perfect match. Returns (N,) values in [0, 1]; take ``.mean()`` for the metric.
     """
-    from .nets.controlnet import coarse_layout
-
     if samples.shape[0] != layouts.shape[0] or samples.shape[-2:] != layouts.shape[-2:]:
         raise ValueError(f"samples {tuple(samples.shape)} and layouts {tuple(layouts.shape)} must match in batch and size.")
     if not 0 < threshold < 1:
@@ -113,3 +119,34 @@ def layout_iou(samples: Tensor, layouts: Tensor, *, cells: int = 7, threshold: f
     want = F.adaptive_avg_pool2d(layouts.mean(1, keepdim=True), cells) > threshold
     inter, union = (got & want).flatten(1).sum(1), (got | want).flatten(1).sum(1)
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter, dtype=torch.float))
+
+
+CLASSIFIER_EVAL_T = (0, 50, 100, 200, 300, 400, 500, 600, 700, 800, 999)
+
+
+def accuracy_by_t(classifier: nn.Module, images: Tensor, labels: Tensor, schedule: NoiseSchedule,
+                  timesteps=CLASSIFIER_EVAL_T, *, seed: int = 0) -> dict[int, float]:
+    """Accuracy of ``classifier(x_t, t)`` on q_sample(images, t) at each timestep (lesson 03)."""
+    gen, out = torch.Generator().manual_seed(seed), {}
+    with torch.no_grad():
+        for t in timesteps:
+            tt = torch.full((len(images),), int(t))
+            x_t = q_sample(schedule, images, tt, generator=gen)
+            pred = torch.cat([classifier(x_t[i:i + 500], tt[i:i + 500]).argmax(1) for i in range(0, len(x_t), 500)])
+            out[int(t)] = float((pred.cpu() == labels).float().mean())
+    return out
+
+
+def text_adherence(samples: Tensor, digits: Tensor, asked: list, judge: nn.Module, bins: AttributeBins) -> dict:
+    """Digit adherence (judge) over all samples; thickness and slant adherence over the samples that asked for one.
+
+    ``asked`` holds, per sample, None or an (attribute, word) pair, as :func:`lessonlib.captions.text_eval_prompts`
+    makes them (lesson 08).
+    """
+    out = {"digit": judge_accuracy(judge, samples, digits)}
+    for attribute in ("thickness", "slant"):
+        idx = [i for i, a in enumerate(asked) if a and a[0] == attribute]
+        got = bins.word_index(attribute, measure(samples[idx])[attribute])
+        want = torch.tensor([ATTRIBUTE_WORDS[attribute].index(asked[i][1]) for i in idx])
+        out[attribute] = float((got == want).float().mean())
+    return out

@@ -6,6 +6,7 @@ import io
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
 __all__ = ["image_grid", "show_images", "scatter_classes", "density_contours", "to_png"]
@@ -66,8 +67,6 @@ def to_png(obj, *, upscale: int = 1, nrow: int | None = None) -> bytes:
         plt.close(obj)
         return buf.getvalue()
     if torch.is_tensor(obj):
-        from PIL import Image
-
         grid = (image_grid(obj, nrow=nrow) * 255).round().astype(np.uint8)
         grid = grid.repeat(upscale, 0).repeat(upscale, 1)
         Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(buf, format="PNG")

@@ -5,24 +5,30 @@ recipe next to the checkpoint it produced.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, fields, replace
 
-from .clip import SmallCLIPConfig
-from .nets.controlnet import ControlNetConfig
 from .nets.classifier import JudgeConfig, NoisyClassifierConfig
+from .nets.clip import SmallCLIPConfig
+from .nets.controlnet import ControlNetConfig
 from .nets.unet import UNetConfig
+from .schedules import NoiseSchedule, make_schedule
 
-__all__ = ["Recipe", "RECIPES"]
+__all__ = ["Recipe", "RECIPES", "TASKS"]
+
+
+TASKS = ("diffusion", "text-diffusion", "controlnet", "judge", "noisy-classifier", "clean-classifier", "clip",
+         "noisy-clip")  # what each means: lessonlib.tasks.TASKS
+_RENAMED = {"cells": "layout_cells"}  # manifest entries written before 0.2 kept these in an untyped ``extra`` dict
 
 
 @dataclass
 class Recipe:
-    """Everything that defines a shipped checkpoint's training run."""
+    """Everything that defines a shipped checkpoint's training run; the manifest records it as a dict."""
 
     name: str
-    task: str  # "diffusion", "text-diffusion", "controlnet", "judge", "noisy-classifier", "clean-classifier", "clip", "noisy-clip"
-    arch: str
-    config: dict
+    task: str  # one of TASKS: picks the loss and the measurements (lessonlib.tasks)
+    arch: str  # a key of lessonlib.zoo.ARCHITECTURES
+    config: dict  # the architecture's config, as a dict
     steps: int
     batch_size: int
     lr: float
@@ -35,7 +41,36 @@ class Recipe:
     seed: int = 0
     dataset: str = "mnist"  # "mnist" or "cifar10"
     description: str = ""
-    extra: dict = field(default_factory=dict)
+    eval_n: int = 1000  # samples (and real images) behind the manifest's FID_judge and adherence
+    clip: str | None = None  # the frozen CLIP a text or noise-aware-CLIP task reads (a zoo name)
+    base: str | None = None  # the frozen base model a ControlNet starts from (a zoo name)
+    layout_cells: int = 7  # the ControlNet's hint: a layout_cells x layout_cells coarse ink layout
+    p_attribute: float = 0.5  # text tasks: probability that a caption names each measured attribute
+    p_digit: float = 1.0  # text tasks: probability that a caption names the digit
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"recipe {self.name!r}: unknown task {self.task!r}; choose one of {TASKS}.")
+        if self.task in ("text-diffusion", "noisy-clip") and not self.clip:
+            raise ValueError(f"recipe {self.name!r}: a {self.task} recipe needs clip= (the frozen CLIP's zoo name).")
+        if self.task == "controlnet" and not self.base:
+            raise ValueError(f"recipe {self.name!r}: a controlnet recipe needs base= (the frozen U-Net's zoo name).")
+
+    def noise_schedule(self) -> NoiseSchedule:
+        """The noise schedule this recipe trains with (and its checkpoint samples with)."""
+        return make_schedule(self.schedule, self.T)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Recipe":
+        """A recipe as the manifest records it; reads the untyped ``extra`` dict of manifests before 0.2."""
+        values = dict(values)
+        for key, value in values.pop("extra", {}).items():
+            values[_RENAMED.get(key, key)] = value
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"a recipe has no field(s) {sorted(unknown)}; its fields are {sorted(known)}.")
+        return cls(**values)
 
 
 _MNIST_UNET = UNetConfig(patch_size=2, base_channels=32, channel_mults=(1, 2), attention_resolutions=(7,))
@@ -73,7 +108,7 @@ RECIPES.update({
         description="clean CIFAR-10 judge (measurement only) trained on the 20,000-image JPEG subset: a weak judge"),
     "cifar10-cfg": Recipe(
         "cifar10-cfg", "diffusion", "UNet", asdict(_CIFAR_UNET), steps=3300, batch_size=64, lr=2e-3,
-        ema_decay=0.999, warmup=200, p_uncond=0.1, dataset="cifar10", extra={"eval_n": 500},
+        ema_decay=0.999, warmup=200, p_uncond=0.1, dataset="cifar10", eval_n=500,
         description="class-conditional CIFAR-10 eps-model for CFG, 2x2 patches, p_uncond = 0.1: CPU-sized, so blurry"),
 })
 # the p_uncond ablation of lesson 07: one short budget for every rate (shorter than mnist-cfg, said in the lesson)
@@ -81,7 +116,7 @@ for _p in (0.0, 0.1, 0.2, 0.5, 1.0):
     _name = f"mnist-cfg-p{_p:g}"
     RECIPES[_name] = Recipe(
         _name, "diffusion", "UNet", dict(RECIPES["mnist-cfg"].config), steps=1000, batch_size=64, lr=2e-3,
-        ema_decay=0.995, warmup=100, p_uncond=_p, extra={"eval_n": 500},
+        ema_decay=0.995, warmup=100, p_uncond=_p, eval_n=500,
         description=f"p_uncond ablation: the mnist-cfg model with p_uncond = {_p:g}, trained for 1,000 steps only")
 
 RECIPES.update({
@@ -97,13 +132,13 @@ RECIPES.update({
                     "(lesson 05's comparison): small, CPU-trained, so a weak zero-shot classifier"),
     "mnist-clip-noisy": Recipe(
         "mnist-clip-noisy", "noisy-clip", "NoisyClassifier", asdict(NoisyClassifierConfig(num_classes=64)),
-        steps=3000, batch_size=256, lr=2e-3, weight_decay=1e-4, warmup=100, extra={"clip": "mnist-clip"},
+        steps=3000, batch_size=256, lr=2e-3, weight_decay=1e-4, warmup=100, clip="mnist-clip",
         description="noise-aware CLIP image tower (GLIDE-style): U-Net encoder of (x_t, t) -> 64-d embedding, trained "
                     "contrastively against the frozen mnist-clip text tower on q_sample(x0, t), t uniform"),
     "mnist-text-cfg": Recipe(
         "mnist-text-cfg", "text-diffusion", "UNet", asdict(replace(_MNIST_UNET, cond_dim=64, context_dim=32)),
         steps=3800, batch_size=64, lr=2e-3, ema_decay=0.999, warmup=200, p_uncond=0.1,
-        extra={"clip": "mnist-clip", "p_attribute": 0.7, "p_digit": 0.9, "eval_n": 500},
+        clip="mnist-clip", p_attribute=0.7, p_digit=0.9, eval_n=500,
         description="text-conditioned MNIST eps-model: the mnist-uncond U-Net plus cross-attention to the frozen "
                     "mnist-clip token features and the pooled text vector in the time embedding; captions of measured "
                     "digit, thickness, slant and size, dropped to the learned null text with p_uncond = 0.1"),
@@ -114,12 +149,12 @@ for _inj in ("concat", "film", "adaln_zero"):
     _name = f"mnist-cond-{_inj.replace('_', '')}"
     RECIPES[_name] = Recipe(
         _name, "diffusion", "UNet", asdict(replace(_MNIST_UNET, num_classes=10, class_injection=_inj)), steps=1000,
-        batch_size=64, lr=2e-3, ema_decay=0.995, warmup=100, p_uncond=0.1, extra={"eval_n": 500},
+        batch_size=64, lr=2e-3, ema_decay=0.995, warmup=100, p_uncond=0.1, eval_n=500,
         description=f"lesson 10's conditioning comparison: the mnist-cfg U-Net with the class injected by {_inj}, "
                     "trained for 1,000 steps (the same budget for all three)")
 RECIPES["mnist-controlnet"] = Recipe(
     "mnist-controlnet", "controlnet", "ControlNet", asdict(ControlNetConfig(unet=RECIPES["mnist-cfg"].config)),
     steps=2000, batch_size=64, lr=1e-3, ema_decay=0.995, warmup=100, p_uncond=0.1,
-    extra={"base": "mnist-cfg", "cells": 7, "eval_n": 500},
+    base="mnist-cfg", layout_cells=7, eval_n=500,
     description="ControlNet on the frozen mnist-cfg U-Net: a trainable copy of its encoder reads a 7x7 coarse ink "
                 "layout of the training digit through zero convolutions; class labels dropped with p_uncond = 0.1")

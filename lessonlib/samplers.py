@@ -1,6 +1,6 @@
 """Samplers: DDPM (ancestral) and DDIM steps, and one loop over any eps-function (lessons 01-02).
 
-A sampler consumes an :data:`~lessonlib.guidance.EpsFn` ``(x_t, t) -> eps_hat`` and never
+A sampler consumes an :data:`~lessonlib.types.EpsFn` ``(x_t, t) -> eps_hat`` and never
 knows which model or guidance is inside it. Steps run over a strided, descending timestep
 subsequence t_1 > t_2 > ... > t_K and finish at "t = -1", the clean image (abar = 1).
 
@@ -20,11 +20,13 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
-from .progress import progress_bar
 from .diffusion import abar_at_prev, eps_from_x0, posterior_mean_variance, step_timesteps, x0_from_eps
+from .progress import progress_bar
 from .schedules import NoiseSchedule
+from .types import EpsFn
 
-__all__ = ["Step", "timestep_sequence", "ddim_step", "ddpm_step", "sample", "sample_steps", "noise_like"]
+__all__ = ["Step", "timestep_sequence", "ddim_step", "ddpm_step", "sample", "sample_steps", "sample_images",
+           "noise_like"]
 
 
 class Step(NamedTuple):
@@ -89,7 +91,7 @@ def ddpm_step(schedule: NoiseSchedule, x_t: Tensor, t, t_prev, eps: Tensor, *, g
 _STEPPERS = {"ddim": ddim_step, "ddpm": ddpm_step}
 
 
-def sample_steps(eps_fn: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, schedule: NoiseSchedule, *,
+def sample_steps(eps_fn: EpsFn, x_T: Tensor, schedule: NoiseSchedule, *,
                  steps: int | None = None, method: str = "ddim", eta: float = 0.0, generator=None,
                  clip_x0: bool = False, progress: bool = True):
     """Yield a :class:`Step` per sampling step from x_T down to the clean image (lesson 02)."""
@@ -112,7 +114,7 @@ def sample_steps(eps_fn: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, schedu
         x = x_next
 
 
-def sample(eps_fn: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, schedule: NoiseSchedule, *,
+def sample(eps_fn: EpsFn, x_T: Tensor, schedule: NoiseSchedule, *,
            steps: int | None = None, method: str = "ddim", eta: float = 0.0, generator=None,
            clip_x0: bool = False, callback: Callable[[Step], None] | None = None, progress: bool = True) -> Tensor:
     """Run the sampler from x_T to a clean sample; ``callback(step)`` sees every :class:`Step` (lesson 02).
@@ -127,3 +129,34 @@ def sample(eps_fn: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, schedule: No
                 callback(step)
             x = step.x_next
     return x
+
+
+def sample_images(eps_fn: EpsFn, x_T: Tensor | int, schedule: NoiseSchedule, *, steps: int | None = None,
+                  method: str = "ddim", eta: float = 0.0, clip_x0: bool = True, batch: int | None = None,
+                  seed: int = 0, shape: tuple[int, ...] = (1, 28, 28), generator: torch.Generator | None = None,
+                  progress: bool = False) -> Tensor:
+    """Finished images in [-1, 1]: :func:`sample` in batches, x0_hat clipped, the result clamped (lessons 02-10).
+
+    ``x_T`` is the starting noise (B, C, H, W), or a number of images whose noise is drawn batch by batch
+    from ``torch.Generator().manual_seed(seed)`` (the same generator then drives DDPM's noise), ``shape``
+    per image. Static thresholding of x0_hat (``clip_x0``) is the series' default; pass ``False`` to see
+    what it hides. ``batch=None`` samples the given noise in one call, or 250 images at a time.
+    """
+    if isinstance(x_T, bool) or not (torch.is_tensor(x_T) or (isinstance(x_T, int) and x_T >= 1)):
+        raise ValueError(f"x_T must be a noise tensor (B, C, H, W) or a number of images >= 1, got {x_T!r}.")
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise ValueError(f"batch must be a positive integer or None, got {batch!r}.")
+    options = dict(steps=steps, method=method, eta=eta, clip_x0=clip_x0, progress=progress)
+    out = []
+    if torch.is_tensor(x_T):
+        size = batch or len(x_T)
+        for i in range(0, len(x_T), size):
+            out.append(sample(eps_fn, x_T[i:i + size], schedule, generator=generator, **options))
+    else:
+        if generator is not None:
+            raise ValueError("give seed= when x_T is a number of images; generator= is for a noise tensor you pass.")
+        gen, size = torch.Generator().manual_seed(seed), batch or 250
+        for i in range(0, x_T, size):
+            noise = torch.randn(min(size, x_T - i), *shape, generator=gen)
+            out.append(sample(eps_fn, noise, schedule, generator=gen, **options))
+    return torch.cat(out).clamp(-1, 1)

@@ -17,10 +17,10 @@ import torch
 from torch import Tensor, nn
 
 from .diffusion import denoising_loss, q_sample
-from .guidance import EpsFn, GradFn
 from .nets.embedding import timestep_embedding
 from .progress import progress_bar
 from .schedules import NoiseSchedule
+from .types import EpsFn, GradFn
 
 __all__ = ["GaussianMixture2D", "ToyEpsMLP", "fit_toy_eps_model", "eps_error_by_t"]
 

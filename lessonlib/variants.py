@@ -24,8 +24,9 @@ import torch
 from torch import Tensor
 
 from .diffusion import eps_from_x0, x0_from_eps
-from .guidance import EpsFn, batched_predictions, check_scale, combine
+from .guidance import batched_predictions, check_scale, combine
 from .schedules import NoiseSchedule
+from .types import EpsFn
 
 __all__ = ["cfg_variant", "parallel_part", "check_interval"]
 

@@ -11,6 +11,7 @@ from collections import OrderedDict
 from typing import Any, Callable
 
 import ipywidgets as W
+from IPython.display import display
 
 from .plotting import to_png
 
@@ -94,6 +95,4 @@ class SliderPanel:
         self.last = {"values": values, "cached": cached, "seconds": time.perf_counter() - start, "error": error}
 
     def _ipython_display_(self):
-        from IPython.display import display
-
         display(self.widget)

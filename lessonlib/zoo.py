@@ -18,12 +18,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .clip import SmallCLIP, SmallCLIPConfig
 from .nets.classifier import JudgeConfig, JudgeNet, NoisyClassifier, NoisyClassifierConfig
+from .nets.clip import SmallCLIP, SmallCLIPConfig
+from .nets.config import config_from_dict
 from .nets.controlnet import ControlNet, ControlNetConfig
 from .nets.unet import UNet, UNetConfig
+from .schedules import NoiseSchedule, make_schedule
 
-__all__ = ["ARCHITECTURES", "ZooError", "checkpoint_dir", "manifest", "load", "save", "sha256_of", "machine_summary"]
+__all__ = ["ARCHITECTURES", "ZooError", "checkpoint_dir", "manifest", "entry", "schedule_for", "load",
+           "save", "sha256_of", "machine_summary"]
 
 ARCHITECTURES: dict[str, tuple[type[nn.Module], type]] = {
     "UNet": (UNet, UNetConfig),
@@ -73,24 +76,36 @@ def _retrain_hint(name: str, entry: dict | None) -> str:
     return f"Retrain it with `{command}`, or restore data/checkpoints/ from the repository (git checkout)."
 
 
-def load(name: str, *, directory: Path | None = None, device=None) -> nn.Module:
-    """Build the model named ``name`` and load its verified weights; eval mode (lesson 02)."""
+def entry(name: str, *, directory: Path | None = None) -> dict:
+    """The manifest entry of checkpoint ``name``; an unknown name raises a ZooError listing the known ones."""
     directory = directory or checkpoint_dir()
     entries = manifest(directory)
     if name not in entries:
         known = ", ".join(sorted(entries)) or "none yet"
         raise ZooError(f"no checkpoint named {name!r} in {directory / 'manifest.json'} (known: {known}). "
                        + _retrain_hint(name, None))
-    entry = entries[name]
-    path = directory / entry["file"]
+    return entries[name]
+
+
+def schedule_for(name: str, *, directory: Path | None = None) -> NoiseSchedule:
+    """The noise schedule checkpoint ``name`` was trained with, from its manifest entry: sample with it (lessons 02-10)."""
+    recipe = entry(name, directory=directory)["recipe"]
+    return make_schedule(recipe["schedule"], recipe["T"])
+
+
+def load(name: str, *, directory: Path | None = None, device=None) -> nn.Module:
+    """Build the model named ``name`` and load its verified weights onto ``device`` (default CPU); eval mode (lesson 02)."""
+    directory = directory or checkpoint_dir()
+    entry_ = entry(name, directory=directory)
+    path = directory / entry_["file"]
     if not path.exists():
-        raise ZooError(f"checkpoint file {path} is missing. " + _retrain_hint(name, entry))
+        raise ZooError(f"checkpoint file {path} is missing. " + _retrain_hint(name, entry_))
     digest = sha256_of(path)
-    if digest != entry["sha256"]:
+    if digest != entry_["sha256"]:
         raise ZooError(f"checkpoint {path} is corrupt or was replaced: sha256 {digest[:12]}... does not match the "
-                       f"manifest's {entry['sha256'][:12]}... " + _retrain_hint(name, entry))
-    model_cls, config_cls = ARCHITECTURES[entry["arch"]]
-    model = model_cls(config_cls(**entry["config"]))
+                       f"manifest's {entry_['sha256'][:12]}... " + _retrain_hint(name, entry_))
+    model_cls, config_cls = ARCHITECTURES[entry_["arch"]]
+    model = model_cls(config_from_dict(config_cls, entry_["config"]))
     model.load_state_dict(load_file(str(path)))
     return model.to(device or "cpu").eval()
 
@@ -107,10 +122,10 @@ def save(name: str, model: nn.Module, *, info: dict, directory: Path | None = No
     save_file(state, str(path))
     if path.stat().st_size > MAX_BYTES:
         raise ZooError(f"{path} is {path.stat().st_size / 1e6:.1f} MB; shipped checkpoints must stay under 10 MB.")
-    entry = {"file": path.name, "sha256": sha256_of(path), "bytes": path.stat().st_size, "arch": arch,
+    record = {"file": path.name, "sha256": sha256_of(path), "bytes": path.stat().st_size, "arch": arch,
              "config": model.config.to_dict(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
              "machine": machine_summary(), **info}
     entries = manifest(directory)
-    entries[name] = entry
+    entries[name] = record
     (directory / "manifest.json").write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
-    return entry
+    return record

@@ -3,8 +3,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lessonlib.diffusion import (denoising_loss, eps_from_score, eps_from_x0, posterior_mean_variance, q_sample,
-                                 score_from_eps, x0_from_eps)
+from lessonlib.diffusion import (
+    denoising_loss,
+    eps_from_score,
+    eps_from_x0,
+    posterior_mean_variance,
+    q_sample,
+    score_from_eps,
+    x0_from_eps,
+)
 from lessonlib.schedules import cosine_schedule, linear_schedule
 
 SCHED = {"linear": linear_schedule(1000), "cosine": cosine_schedule(1000)}
@@ -25,7 +32,8 @@ def test_conversions_round_trip(t, kind, seed):
 def test_score_is_grad_log_q_by_autograd(gen):
     """grad_x log N(x; sqrt(a) x0, (1 - a) I) = -eps / sqrt(1 - a)."""
     s = linear_schedule(1000)
-    x0, eps, t = torch.randn(5, 2, generator=gen, dtype=torch.float64), torch.randn(5, 2, generator=gen, dtype=torch.float64), torch.tensor([0, 3, 300, 700, 999])
+    x0, eps = (torch.randn(5, 2, generator=gen, dtype=torch.float64) for _ in range(2))
+    t = torch.tensor([0, 3, 300, 700, 999])
     x_t = q_sample(s, x0, t, eps).requires_grad_()
     a = s.abar[t].reshape(-1, 1)
     log_q = (-(x_t - a.sqrt() * x0) ** 2 / (2 * (1 - a))).sum()

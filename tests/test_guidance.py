@@ -1,9 +1,18 @@
 import pytest
 import torch
 
-from lessonlib.guidance import (batched_cfg, batched_compose, batched_predictions, cfg, combine, compose, conditional,
-                                grad_guidance, mean_shift_factor)
 from lessonlib.diffusion import posterior_mean_variance, x0_from_eps
+from lessonlib.guidance import (
+    batched_cfg,
+    batched_compose,
+    batched_predictions,
+    cfg,
+    combine,
+    compose,
+    conditional,
+    grad_guidance,
+    mean_shift_factor,
+)
 from lessonlib.samplers import ddpm_step, sample
 from lessonlib.schedules import linear_schedule
 from lessonlib.toy import GaussianMixture2D

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import ipywidgets as W  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
 
 from lessonlib.plotting import image_grid, to_png  # noqa: E402
 from lessonlib.widgets import SliderPanel, scale_slider  # noqa: E402

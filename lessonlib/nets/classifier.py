@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .config import resolve_config
 from .embedding import TimeMLP
 from .unet import ResBlock, SelfAttention
 
@@ -42,7 +43,7 @@ class JudgeNet(nn.Module):
 
     def __init__(self, config: JudgeConfig | None = None, **overrides):
         super().__init__()
-        cfg = config or JudgeConfig(**overrides)
+        cfg = resolve_config(JudgeConfig, config, overrides)
         self.config = cfg
         w = cfg.width
         self.body = nn.Sequential(
@@ -87,7 +88,7 @@ class NoisyClassifier(nn.Module):
 
     def __init__(self, config: NoisyClassifierConfig | None = None, **overrides):
         super().__init__()
-        cfg = config or NoisyClassifierConfig(**overrides)
+        cfg = resolve_config(NoisyClassifierConfig, config, overrides)
         self.config = cfg
         C, g = cfg.base_channels, cfg.groups
         emb_dim = 4 * C

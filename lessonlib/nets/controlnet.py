@@ -15,27 +15,18 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .config import config_from_dict, resolve_config
 from .unet import UNet, UNetConfig, zero_init
 
-__all__ = ["ControlNetConfig", "ControlNet", "zero_conv", "coarse_layout"]
+__all__ = ["ControlNetConfig", "ControlNet", "zero_conv"]
 
 
 def zero_conv(channels: int) -> nn.Conv2d:
     """A 1x1 convolution with weight and bias zero: outputs 0 at initialisation, still learns (lesson 10)."""
     return zero_init(nn.Conv2d(channels, channels, 1))
-
-
-def coarse_layout(images: Tensor, *, cells: int = 7) -> Tensor:
-    """Ink fraction in each of cells x cells blocks, in [0, 1], upsampled back to the image size (the hint)."""
-    if images.ndim != 4 or images.shape[-1] % cells or images.shape[-2] % cells:
-        raise ValueError(f"images must be (B, C, H, W) with H and W divisible by cells={cells}, got {tuple(images.shape)}.")
-    ink = ((images.mean(1, keepdim=True) + 1) / 2).clamp(0, 1)
-    coarse = F.adaptive_avg_pool2d(ink, cells)
-    return F.interpolate(coarse, size=images.shape[-2:], mode="nearest")
 
 
 @dataclass
@@ -46,6 +37,9 @@ class ControlNetConfig:
     hint_channels: int = 1
     hint_hidden: int = 16
 
+    def __post_init__(self):
+        self.unet = asdict(config_from_dict(UNetConfig, self.unet))  # validated, tuples as tuples
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -55,9 +49,9 @@ class ControlNet(nn.Module):
 
     def __init__(self, config: ControlNetConfig | None = None, **overrides):
         super().__init__()
-        cfg = config or ControlNetConfig(**overrides)
+        cfg = resolve_config(ControlNetConfig, config, overrides)
         self.config = cfg
-        unet_cfg = UNetConfig(**cfg.unet)
+        unet_cfg = config_from_dict(UNetConfig, cfg.unet)
         self.base = UNet(unet_cfg).requires_grad_(False)
         self.control = UNet(unet_cfg)
         self.control.up, self.control.out = nn.ModuleList(), nn.Identity()  # only the encoder half is copied
@@ -106,7 +100,7 @@ class ControlNet(nn.Module):
         cfg = self.base.config
         if hint.shape != (x.shape[0], self.config.hint_channels, cfg.image_size, cfg.image_size):
             raise ValueError(f"'hint' must have shape ({x.shape[0]}, {self.config.hint_channels}, {cfg.image_size}, "
-                             f"{cfg.image_size}) (see coarse_layout), got {tuple(hint.shape)}.")
+                             f"{cfg.image_size}) (see lessonlib.transforms.coarse_layout), got {tuple(hint.shape)}.")
         if cfg.patch_size > 1:
             hint = F.pixel_unshuffle(hint, cfg.patch_size)
         added = self.hint_zero(self.hint_encoder(hint))

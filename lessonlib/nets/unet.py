@@ -16,12 +16,13 @@ Rombach et al. 2022 (cross-attention on text tokens).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .config import resolve_config
 from .embedding import TimeMLP
 
 __all__ = ["UNetConfig", "UNet", "ResBlock", "SelfAttention", "CrossAttention", "INJECTIONS", "zero_init"]
@@ -54,7 +55,6 @@ class UNetConfig:
     class_injection: str = "film"  # how class labels enter (lesson 10): "film", "concat" or "adaln_zero"
     dropout: float = 0.0
     groups: int = 8
-    extra: dict = field(default_factory=dict)  # room for later lessons' options
 
     def __post_init__(self):
         self.channel_mults = tuple(self.channel_mults)
@@ -145,7 +145,7 @@ class UNet(nn.Module):
 
     def __init__(self, config: UNetConfig | None = None, **overrides):
         super().__init__()
-        cfg = config or UNetConfig(**overrides)
+        cfg = resolve_config(UNetConfig, config, overrides)
         self.config = cfg
         C, g = cfg.base_channels, cfg.groups
         emb_dim = 4 * C

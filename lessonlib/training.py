@@ -1,0 +1,202 @@
+"""The training loop every model uses, and the losses the recipes plug into it (lessons 02-10).
+
+:func:`fit` minimises ``loss_fn(model, step)`` with AdamW, linear warm-up then cosine decay, optional
+EMA of the weights, a progress bar and an optional wall-clock limit. Each ``*_loss_fn`` builds such a
+``LossFn`` over a dataset held in memory:
+
+| loss                           | objective                                              | lesson |
+| ------------------------------ | ------------------------------------------------------ | ------ |
+| :func:`diffusion_loss_fn`      | E |eps - eps_theta(x_t, t, y or null)|^2              | 02, 07 |
+| :func:`classifier_loss_fn`     | CE(f(x), y), CE(f(x_t, t), y) or CE(f(x_0, 0), y)       | 02, 03 |
+| :func:`clip_loss_fn`           | symmetric InfoNCE over the B x B similarity matrix     | 05, 06 |
+| :func:`text_diffusion_loss_fn` | E |eps - eps_theta(x_t, t, text or null)|^2           | 08     |
+
+``python -m lessonlib.train RECIPE`` (:mod:`lessonlib.train`) picks the loss for a recipe's task.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .captions import measure, random_captions
+from .clip import contrastive_loss
+from .diffusion import denoising_loss, q_sample
+from .nets.conditions import text_condition
+from .progress import progress_bar
+from .transforms import random_shift
+from .types import NULL_CLASS, LossFn
+
+__all__ = ["TrainResult", "EMA", "fit", "drop_mask", "drop_conditions", "diffusion_loss_fn", "classifier_loss_fn",
+           "digit_caption_fn", "clip_loss_fn", "text_diffusion_loss_fn"]
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module  # the EMA weights when EMA was used
+    losses: list[float]
+    seconds: float
+    steps: int
+
+
+class EMA:
+    """Exponential moving average of a model's parameters (buffers copied): theta_ema <- d theta_ema + (1-d) theta."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        if not 0 < decay < 1:
+            raise ValueError(f"ema_decay must lie in (0, 1), got {decay}.")
+        self.decay, self.model = decay, copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))  # short warm-up so early steps are not frozen in
+        for ema_p, p in zip(self.model.parameters(), model.parameters()):
+            ema_p.lerp_(p.detach(), 1 - decay)
+        for ema_b, b in zip(self.model.buffers(), model.buffers()):
+            ema_b.copy_(b)
+
+
+def fit(model: nn.Module, loss_fn: LossFn, *, steps: int, lr: float,
+        weight_decay: float = 0.0, warmup: int = 100, ema_decay: float | None = None,
+        time_limit_s: float | None = None, progress: bool = True, desc: str = "train") -> TrainResult:
+    """Minimise ``loss_fn(model, step)`` with AdamW for ``steps`` steps (lesson 02).
+
+    Learning rate: linear warm-up over ``warmup`` steps, then cosine decay to zero at ``steps``.
+    Stops early, honestly reported in ``TrainResult.steps``, when ``time_limit_s`` runs out.
+    """
+    if steps < 1 or lr <= 0:
+        raise ValueError(f"steps must be >= 1 and lr > 0, got steps={steps}, lr={lr}.")
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * s / steps))  # noqa: E731
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    ema = EMA(model, ema_decay) if ema_decay else None
+    losses, start = [], time.perf_counter()
+    model.train()
+    bar = progress_bar(range(steps), desc=desc, enabled=progress)
+    for step in bar:
+        loss = loss_fn(model, step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        lr_sched.step()
+        if ema:
+            ema.update(model, step)
+        losses.append(loss.item())
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+        if time_limit_s is not None and time.perf_counter() - start > time_limit_s:
+            break
+    model.eval()
+    return TrainResult(ema.model if ema else model, losses, time.perf_counter() - start, len(losses))
+
+
+def _check_p_uncond(p_uncond: float) -> None:
+    if not 0 <= p_uncond <= 1:
+        raise ValueError(f"p_uncond must lie in [0, 1], got {p_uncond}.")
+
+
+def drop_mask(n: int, p_uncond: float, generator: torch.Generator | None = None) -> Tensor:
+    """(n,) bools, each True independently with probability p_uncond: which conditions become null (lessons 07, 08)."""
+    _check_p_uncond(p_uncond)
+    return torch.rand(n, generator=generator) < p_uncond
+
+
+def drop_conditions(labels: Tensor, p_uncond: float, generator: torch.Generator | None = None) -> Tensor:
+    """Replace each label by the null class (NULL_CLASS = -1) independently with probability p_uncond (lesson 07)."""
+    drop = drop_mask(len(labels), p_uncond, generator)
+    return torch.where(drop.to(labels.device), torch.full_like(labels, NULL_CLASS), labels)
+
+
+def _batch(images: Tensor, labels: Tensor, size: int, generator: torch.Generator):
+    idx = torch.randint(0, len(images), (size,), generator=generator)
+    return images[idx], labels[idx]
+
+
+def diffusion_loss_fn(images: Tensor, labels: Tensor, schedule, *, batch_size: int, conditional: bool,
+                      p_uncond: float = 0.0, generator: torch.Generator,
+                      hint: Callable[[Tensor], Tensor] | None = None) -> LossFn:
+    """Denoising loss on random batches; conditional models see labels dropped to null at rate p_uncond.
+
+    With ``hint`` (a ControlNet, lesson 10) the condition is ``{"class": labels, "hint": hint(x0)}``.
+    """
+    def loss(model: nn.Module, step: int) -> Tensor:
+        x0, y = _batch(images, labels, batch_size, generator)
+        cond = drop_conditions(y, p_uncond, generator) if conditional else None
+        if hint is not None:
+            cond = {"class": cond, "hint": hint(x0)}
+        return denoising_loss(model, x0, schedule, generator=generator, cond=cond)
+    return loss
+
+
+def classifier_loss_fn(images: Tensor, labels: Tensor, *, batch_size: int, generator: torch.Generator,
+                       max_shift: int = 2, schedule=None, noised: bool = True) -> LossFn:
+    """Cross-entropy on randomly shifted images (lessons 02-03).
+
+    Without a schedule the model sees clean images only (the judge). With one, it is called as
+    ``model(x, t)``: on q_sample(x0, t) with t uniform in 0..T-1 (noise-aware), or with ``noised=False``
+    on clean x0 with t = 0 (the clean counter-example of lesson 03).
+    """
+    def loss(model: nn.Module, step: int) -> Tensor:
+        x, y = _batch(images, labels, batch_size, generator)
+        x = random_shift(x, max_shift, generator)
+        if schedule is None:
+            return F.cross_entropy(model(x), y)
+        if noised:
+            t = torch.randint(0, schedule.T, (len(x),), generator=generator)
+            x = q_sample(schedule, x, t, generator=generator)
+        else:
+            t = torch.zeros(len(x), dtype=torch.long)
+        return F.cross_entropy(model(x, t), y)
+    return loss
+
+
+def digit_caption_fn(images: Tensor, labels: Tensor, bins, *, generator: torch.Generator,
+                     **caption_options) -> Callable[[Tensor], list[str]]:
+    """idx -> random captions of those digits from their measured attribute words (lessons 05, 08)."""
+    words = bins.words(measure(images))
+    return lambda idx: random_captions(labels[idx], {a: [w[i] for i in idx.tolist()] for a, w in words.items()},
+                                       generator=generator, **caption_options)
+
+
+def clip_loss_fn(images: Tensor, *, batch_size: int, generator: torch.Generator, caption_fn: Callable[[Tensor], list[str]],
+                 text_encoder: Callable | None = None, schedule=None, logit_scale: float | None = None,
+                 max_shift: int = 2) -> LossFn:
+    """Symmetric contrastive loss on shifted images and ``caption_fn(idx)`` captions (lesson 05).
+
+    With ``text_encoder`` (a frozen CLIP's text tower), a fixed ``logit_scale`` and a ``schedule``, the model is
+    an image encoder of (x_t, t) trained on q_sample(x0, t) with t uniform: the noise-aware CLIP of lesson 06.
+    """
+    def loss(model: nn.Module, step: int) -> Tensor:
+        idx = torch.randint(0, len(images), (batch_size,), generator=generator)
+        texts = caption_fn(idx)
+        x = random_shift(images[idx], max_shift, generator)
+        if text_encoder is None:
+            return contrastive_loss(model.encode_image(x, normalize=False), model.encode_text(texts, normalize=False),
+                                    model.logit_scale)
+        with torch.no_grad():
+            text_emb = text_encoder(texts)
+        t = torch.randint(0, schedule.T, (len(x),), generator=generator)
+        return contrastive_loss(model(q_sample(schedule, x, t, generator=generator), t), text_emb,
+                                torch.tensor(logit_scale))
+    return loss
+
+
+def text_diffusion_loss_fn(images: Tensor, labels: Tensor, schedule, *, clip, batch_size: int, p_uncond: float,
+                           generator: torch.Generator, p_attribute: float = 0.5,
+                           p_digit: float = 1.0) -> LossFn:
+    """Denoising loss conditioned on frozen-CLIP features of random captions, dropped to null w.p. p_uncond (lesson 08)."""
+    _check_p_uncond(p_uncond)
+    captions = digit_caption_fn(images, labels, clip.bins, generator=generator, p_attribute=p_attribute, p_digit=p_digit)
+
+    def loss(model: nn.Module, step: int) -> Tensor:
+        idx = torch.randint(0, len(images), (batch_size,), generator=generator)
+        cond = text_condition(clip, captions(idx))
+        cond["null"] = drop_mask(batch_size, p_uncond, generator)
+        return denoising_loss(model, images[idx], schedule, generator=generator, cond=cond)
+    return loss
