@@ -146,6 +146,9 @@ def text_adherence(samples: Tensor, digits: Tensor, asked: list, judge: nn.Modul
     out = {"digit": judge_accuracy(judge, samples, digits)}
     for attribute in ("thickness", "slant"):
         idx = [i for i, a in enumerate(asked) if a and a[0] == attribute]
+        if not idx:
+            raise ValueError(f"no sample asked for a {attribute} word; text_eval_prompts(n) asks for every attribute "
+                             "once n >= 50.")
         got = bins.word_index(attribute, measure(samples[idx])[attribute])
         want = torch.tensor([ATTRIBUTE_WORDS[attribute].index(asked[i][1]) for i in idx])
         out[attribute] = float((got == want).float().mean())

@@ -24,6 +24,9 @@ from torch import Tensor
 __all__ = ["NoiseSchedule", "linear_schedule", "cosine_schedule", "make_schedule"]
 
 
+TABLES = ("betas", "alphas", "abar", "abar_prev")  # what NoiseSchedule.at can index
+
+
 @dataclass(frozen=True, eq=False)
 class NoiseSchedule:
     """Betas of a discrete diffusion process and everything derived from them (lesson 01).
@@ -82,6 +85,8 @@ class NoiseSchedule:
 
     def at(self, name: str, t, like: Tensor) -> Tensor:
         """``schedule.<name>[t]`` shaped (B, 1, ..., 1) to broadcast against ``like``, in its dtype."""
+        if name not in TABLES:
+            raise ValueError(f"a schedule has no table {name!r}; choose one of {TABLES}.")
         table = getattr(self, name)
         t = self.check_timesteps(t, batch=like.shape[0])
         values = table[t.cpu()].to(device=like.device, dtype=like.dtype)

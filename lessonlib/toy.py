@@ -91,10 +91,6 @@ class GaussianMixture2D:
         """p_t(k | x), shape (B, K): the exact noise-aware classifier."""
         return torch.softmax(self.log_joint(x, abar), dim=1)
 
-    def component_scores(self, x: Tensor, abar) -> Tensor:
-        """grad log p_t(x | k) = -C_k^{-1} (x - m_k), shape (B, K, 2)."""
-        return self._terms(x, abar)[1]
-
     def score(self, x: Tensor, abar, y=None) -> Tensor:
         """grad log p_t(x), or grad log p_t(x | y) when a class y is given; shape (B, 2), x's dtype."""
         log_joint, scores = self._terms(x, abar)

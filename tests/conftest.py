@@ -1,12 +1,42 @@
+"""Shared fixtures and the test tiers.
+
+Tiers (markers, registered in pyproject.toml): ``slow`` (trains or samples for seconds), ``notebook``
+(every lesson under nbval, marked here), ``browser`` (JupyterLab in Chromium). ``pytest`` runs them all;
+``pytest -m "not slow and not notebook and not browser"`` is the fast tier.
+"""
 import os
 
 import pytest
 import torch
+from helpers import TINY, randomise
+
+from lessonlib import zoo
+from lessonlib.nets.unet import UNet, UNetConfig
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.suffix == ".ipynb":
+            item.add_marker(pytest.mark.notebook)
 
 
 @pytest.fixture
 def gen():
     return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture
+def tiny() -> UNetConfig:
+    """A tiny class-conditional U-Net config (the shipped models' shape, 8 base channels)."""
+    return TINY
+
+
+@pytest.fixture
+def tiny_zoo(tmp_path, monkeypatch):
+    """A checkpoint directory holding a tiny class-conditional 'mnist-cfg' (random weights, linear T = 50)."""
+    net = randomise(UNet(TINY))
+    zoo.save("mnist-cfg", net, info={"command": "test", "recipe": {"schedule": "linear", "T": 50}}, directory=tmp_path)
+    monkeypatch.setenv("LESSONLIB_CHECKPOINTS", str(tmp_path))
+    return net

@@ -23,9 +23,9 @@ LESSON = "01_scores_and_noise.ipynb"  # the fastest lesson with a guidance-scale
 CHROMIUM = os.environ.get("LESSONLIB_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(
     CHROMIUM is None, reason="no Chromium executable (install Debian's 'chromium' package, as .ci/run does, "
-                             "or set LESSONLIB_CHROMIUM to a Chromium binary)")
+                             "or set LESSONLIB_CHROMIUM to a Chromium binary)")]
 
 
 def _free_port() -> int:

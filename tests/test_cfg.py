@@ -5,25 +5,12 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from lessonlib import zoo
 from lessonlib.bench import bench_cfg, bench_widgets, main
+from lessonlib.data import load_dataset
 from lessonlib.guidance import batched_cfg
-from lessonlib.nets.unet import UNet, UNetConfig
-from lessonlib.train import RECIPES, load_dataset, run_recipe
-
-TINY = UNetConfig(base_channels=8, channel_mults=(1, 2), groups=4, num_classes=10)
-
-
-@pytest.fixture
-def tiny_zoo(tmp_path, monkeypatch):
-    """A checkpoint directory holding a tiny class-conditional 'mnist-cfg' (random weights, T = 50)."""
-    torch.manual_seed(0)
-    net = UNet(TINY)
-    for p in net.parameters():
-        p.data.normal_(0, 0.05)
-    zoo.save("mnist-cfg", net, info={"command": "test", "recipe": {"T": 50}}, directory=tmp_path)
-    monkeypatch.setenv("LESSONLIB_CHECKPOINTS", str(tmp_path))
-    return net
+from lessonlib.recipes import RECIPES
+from lessonlib.train import run_recipe
+from lessonlib.types import NULL_CLASS
 
 
 def test_ablation_recipes_differ_only_in_p_uncond():
@@ -43,13 +30,14 @@ def test_cifar_recipes_use_colour_images():
         load_dataset("imagenet", "train")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(os.path.join(os.environ.get("LESSONLIB_DATA", "/nonexistent"), "cifar10-jpeg")),
                     reason="no CIFAR-10 under LESSONLIB_DATA (CI sets it to ../shared/data)")
 def test_cifar_cfg_recipe_trains_and_saves(tmp_path):
-    model, entry = run_recipe("cifar10-cfg", steps=2, directory=tmp_path, evaluate=False, progress=False)
+    model, entry = run_recipe("cifar10-cfg", steps=2, directory=tmp_path, measure=False, progress=False)
     assert entry["steps_done"] == 2 and "CIFAR-10" in entry["data"] and entry["train_images"] >= 1000
     x = torch.randn(2, 3, 32, 32)
-    assert batched_cfg(model, torch.tensor([1, 2]), -1, 3.0)(x, torch.tensor([10, 10])).shape == x.shape
+    assert batched_cfg(model, torch.tensor([1, 2]), NULL_CLASS, 3.0)(x, torch.tensor([10, 10])).shape == x.shape
 
 
 def test_cfg_benchmark_measures_every_batch(tiny_zoo, capsys):
@@ -61,7 +49,7 @@ def test_cfg_benchmark_measures_every_batch(tiny_zoo, capsys):
 
 
 def test_widgets_benchmark_renders_then_hits_the_cache(tiny_zoo):
-    out = bench_widgets(n_images=2, steps=2, settings=2)
-    assert out["cached_s"] < out["uncached_s"]
+    out = bench_widgets(n_images=2, steps=2, settings=3)
+    assert out["renders"] == 3 and out["cache_hits"] == 3  # the panel's own record, not wall time
     with pytest.raises(SystemExit):
         main(["widgets", "--images", "many"])

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from helpers import randomise
 
 from lessonlib.guidance import classifier_grad, grad_guidance
 from lessonlib.nets.classifier import NoisyClassifier, NoisyClassifierConfig
@@ -10,15 +11,8 @@ from lessonlib.schedules import linear_schedule
 S = linear_schedule(1000)
 
 
-def randomised(module, seed=0):
-    torch.manual_seed(seed)
-    for p in module.parameters():
-        p.data.normal_(0, 0.1)
-    return module.eval()
-
-
-CLF = randomised(NoisyClassifier(NoisyClassifierConfig(base_channels=8, groups=4)))
-UNET = randomised(UNet(UNetConfig(base_channels=8, channel_mults=(1, 2), groups=4, attention_resolutions=())))
+CLF = randomise(NoisyClassifier(NoisyClassifierConfig(base_channels=8, groups=4)), std=0.1)
+UNET = randomise(UNet(UNetConfig(base_channels=8, channel_mults=(1, 2), groups=4, attention_resolutions=())), std=0.1)
 EPS = lambda x, t: UNET(x, t)  # noqa: E731
 
 

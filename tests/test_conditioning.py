@@ -5,9 +5,10 @@ import torch
 from lessonlib.costs import attention_cost, film_flops, measured_flops
 from lessonlib.diffusion import denoising_loss
 from lessonlib.metrics import layout_iou
-from lessonlib.nets.controlnet import ControlNet, coarse_layout, zero_conv
+from lessonlib.nets.controlnet import ControlNet, zero_conv
 from lessonlib.nets.unet import CrossAttention, ResBlock, SelfAttention, UNet, UNetConfig
 from lessonlib.schedules import linear_schedule
+from lessonlib.transforms import coarse_layout
 
 SMALL = dict(patch_size=2, base_channels=16, channel_mults=(1, 2), num_classes=10)
 

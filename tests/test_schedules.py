@@ -68,3 +68,8 @@ def test_at_gathers_by_timestep_and_broadcasts():
 def test_bad_timesteps(t, msg):
     with pytest.raises(ValueError, match=msg):
         linear_schedule(100).at("abar", t, torch.zeros(2, 2))
+
+
+def test_at_refuses_unknown_tables():
+    with pytest.raises(ValueError, match="choose one of.*abar"):
+        linear_schedule(10).at("alpha_bar", torch.tensor([1]), torch.zeros(1, 2))

@@ -2,11 +2,12 @@ import pytest
 import torch
 
 from lessonlib.captions import AttributeBins
-from lessonlib.clip import SmallCLIP, null_condition, text_condition
 from lessonlib.guidance import batched_cfg, batched_predictions, cfg, conditional
+from lessonlib.nets.clip import SmallCLIP
+from lessonlib.nets.conditions import null_condition, text_condition
 from lessonlib.nets.unet import UNet, UNetConfig
 from lessonlib.schedules import linear_schedule
-from lessonlib.train import text_diffusion_loss_fn
+from lessonlib.training import text_diffusion_loss_fn
 
 
 @pytest.fixture(scope="module")

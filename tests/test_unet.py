@@ -1,5 +1,6 @@
 import pytest
 import torch
+from helpers import randomise
 
 from lessonlib.nets.unet import UNet, UNetConfig
 from lessonlib.samplers import sample
@@ -69,16 +70,8 @@ def test_seeded_sampling_with_a_unet_is_reproducible():
     assert torch.equal(run(3), run(3)) and not torch.equal(run(3), run(4))
 
 
-def _randomised(cfg):
-    torch.manual_seed(0)
-    net = UNet(cfg)
-    for p in net.parameters():
-        p.data.normal_(0, 0.05)
-    return net
-
-
 def test_cross_attention_reads_tokens_ignores_padding_and_has_a_null_token():
-    net = _randomised(UNetConfig(context_dim=5, cond_dim=6, patch_size=2, attention_resolutions=(7,), **TINY))
+    net = randomise(UNet(UNetConfig(context_dim=5, cond_dim=6, patch_size=2, attention_resolutions=(7,), **TINY))).train()
     x, t = torch.randn(2, 1, 28, 28), torch.full((2,), 200)
     tokens, vec = torch.randn(2, 4, 5), torch.randn(2, 6)
     mask = torch.tensor([[True, True, False, False], [True, True, True, True]])
@@ -123,3 +116,13 @@ def test_attention_cost_formulas_match_the_profiled_softmax_and_check_input():
         attention_cost("cross", resolution=7, channels=8)
     with pytest.raises(ValueError, match="kind"):
         attention_cost("axial", resolution=7, channels=8)
+
+
+def test_a_config_and_overrides_together_are_refused():
+    from lessonlib.nets.classifier import JudgeConfig, JudgeNet
+
+    with pytest.raises(ValueError, match="not both"):
+        UNet(UNetConfig(**TINY), num_classes=10)
+    with pytest.raises(ValueError, match="not both"):
+        JudgeNet(JudgeConfig(), width=8)
+    assert UNet(base_channels=8, channel_mults=(1, 2), groups=4).config.base_channels == 8

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from lessonlib.diffusion import x0_from_eps
+from lessonlib.frontier import best_points, format_frontier, measure_frontier
 from lessonlib.guidance import batched_cfg
 from lessonlib.schedules import linear_schedule
 from lessonlib.variants import cfg_variant, check_interval, parallel_part
@@ -87,9 +88,8 @@ def test_bad_options_get_clear_errors(options, msg):
     assert check_interval(None, 1000) is None
 
 
+@pytest.mark.slow
 def test_frontier_measures_every_scale_from_the_same_noise_and_picks_best_points():
-    from lessonlib.frontier import best_points, format_frontier, measure_frontier
-
     rows, floor = measure_frontier(n=20, steps=3, methods=["CFG", "CFG rescale 0.7"])
     assert [r["method"] for r in rows].count("CFG") == 6 and floor > 0
     assert all(0 <= r["adherence"] <= 1 and r["fid_judge"] > 0 for r in rows)

@@ -1,23 +1,26 @@
 import json
+from dataclasses import asdict
 
 import pytest
 import torch
+from helpers import TINY, randomise
 from safetensors.torch import load_file
 
 from lessonlib import zoo
 from lessonlib.nets.classifier import JudgeNet
-from lessonlib.nets.unet import UNet, UNetConfig
+from lessonlib.nets.config import config_from_dict
+from lessonlib.nets.unet import UNet
+from lessonlib.recipes import RECIPES, Recipe
+from lessonlib.samplers import sample_images
 from lessonlib.schedules import linear_schedule
-from lessonlib.train import RECIPES, diffusion_loss_fn, drop_conditions, fit, random_shift, run_recipe
-
-TINY = UNetConfig(base_channels=8, channel_mults=(1, 2), groups=4, num_classes=10)
+from lessonlib.train import run_recipe
+from lessonlib.training import EMA, diffusion_loss_fn, drop_conditions, fit
+from lessonlib.transforms import random_shift
+from lessonlib.types import NULL_CLASS
 
 
 def test_save_load_round_trip_is_bitwise(tmp_path):
-    torch.manual_seed(0)
-    net = UNet(TINY)
-    for p in net.parameters():
-        p.data.normal_()
+    net = randomise(UNet(TINY), std=1.0)
     entry = zoo.save("tiny", net, info={"command": "python -m lessonlib.train tiny"}, directory=tmp_path)
     back = zoo.load("tiny", directory=tmp_path)
     assert entry["sha256"] == zoo.sha256_of(tmp_path / "tiny.safetensors")
@@ -54,6 +57,46 @@ def test_shipped_checkpoints_are_verified_small_and_documented():
         zoo.load(name)  # sha256 verified
 
 
+def test_every_shipped_checkpoint_matches_the_recipe_that_would_retrain_it():
+    """The manifest's recorded recipe (old untyped ``extra`` dicts included) reads back as today's recipe, and the
+    checkpoint's config is the one that recipe builds: retraining gives a checkpoint of the same shape."""
+    entries = zoo.manifest()
+    if not entries:
+        pytest.skip("no shipped checkpoints yet")
+    for name, entry in entries.items():
+        recorded, current = Recipe.from_dict(entry["recipe"]), RECIPES[name]
+        assert {k: v for k, v in asdict(recorded).items() if k != "config"} == \
+            {k: v for k, v in asdict(current).items() if k != "config"}, name
+        config_cls = zoo.ARCHITECTURES[entry["arch"]][1]
+        assert config_from_dict(config_cls, entry["config"]) == config_from_dict(config_cls, current.config), name
+        assert zoo.schedule_for(name).T == current.T and zoo.schedule_for(name).name == current.schedule
+
+
+def test_recipes_refuse_unknown_fields_tasks_and_missing_helpers():
+    with pytest.raises(ValueError, match="no field"):
+        Recipe.from_dict({**asdict(RECIPES["mnist-judge"]), "colour": "red"})
+    with pytest.raises(ValueError, match="unknown task"):
+        Recipe("x", "painting", "UNet", {}, steps=1, batch_size=1, lr=1.0)
+    with pytest.raises(ValueError, match="clip="):
+        Recipe("x", "text-diffusion", "UNet", {}, steps=1, batch_size=1, lr=1.0)
+    old = {**asdict(RECIPES["mnist-controlnet"]), "extra": {"base": "mnist-cfg", "cells": 5, "eval_n": 500}}
+    del old["base"], old["layout_cells"], old["eval_n"]
+    assert Recipe.from_dict(old).layout_cells == 5
+
+
+def test_ema_tracks_the_weights_with_the_requested_decay():
+    net = torch.nn.Linear(2, 2)
+    ema = EMA(net, 0.5)
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    before = ema.model.weight.clone()
+    ema.update(net, step=1000)  # past the warm-up: decay 0.5 exactly
+    torch.testing.assert_close(ema.model.weight, 0.5 * before + 0.5 * net.weight)
+    assert not ema.model.weight.requires_grad
+    with pytest.raises(ValueError, match="ema_decay"):
+        EMA(net, 1.0)
+
+
 def test_a_few_training_steps_lower_the_loss():
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
@@ -63,6 +106,7 @@ def test_a_few_training_steps_lower_the_loss():
                                 p_uncond=0.1, generator=g)
     eval_loss = lambda m: sum(diffusion_loss_fn(images, labels, linear_schedule(1000), batch_size=64, conditional=True,
                                                 generator=torch.Generator().manual_seed(i))(m, 0).item() for i in range(5))
+    torch.manual_seed(0)
     net = UNet(TINY)
     before = eval_loss(net)
     result = fit(net, loss_fn, steps=40, lr=3e-3, warmup=5, ema_decay=0.9, progress=False)
@@ -72,10 +116,10 @@ def test_a_few_training_steps_lower_the_loss():
 def test_condition_dropout_is_per_sample_at_the_requested_rate():
     labels = torch.arange(10).repeat(20_000)
     g = torch.Generator().manual_seed(0)
-    dropped = drop_conditions(labels, 0.2, g) == -1
+    dropped = drop_conditions(labels, 0.2, g) == NULL_CLASS
     assert abs(dropped.float().mean().item() - 0.2) < 0.01
     assert 0 < dropped.view(-1, 10).sum(1).float().std().item()  # not all-or-nothing per batch
-    assert not (drop_conditions(labels, 0.0, g) == -1).any() and (drop_conditions(labels, 1.0, g) == -1).all()
+    assert not (drop_conditions(labels, 0.0, g) == NULL_CLASS).any() and (drop_conditions(labels, 1.0, g) == NULL_CLASS).all()
     with pytest.raises(ValueError, match="p_uncond"):
         drop_conditions(labels, 1.5)
 
@@ -88,7 +132,7 @@ def test_random_shift_keeps_ink_and_moves_it():
 
 
 def test_run_recipe_writes_a_documented_entry(tmp_path):
-    _, entry = run_recipe("mnist-judge", steps=3, directory=tmp_path, evaluate=False, progress=False)
+    _, entry = run_recipe("mnist-judge", steps=3, directory=tmp_path, measure=False, progress=False)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["mnist-judge"]["steps_done"] == 3 and entry["train_images"] > 1000
     with pytest.raises(ValueError, match="available"):
@@ -96,13 +140,21 @@ def test_run_recipe_writes_a_documented_entry(tmp_path):
     assert {"mnist-judge", "mnist-uncond"} <= set(RECIPES)
 
 
-def test_generate_is_seeded_batched_and_clamped():
-    from lessonlib.bench import generate
+def test_sample_images_is_seeded_batched_and_clamped():
     s = linear_schedule(50)
     eps = lambda x, t: -3 * x  # pushes samples outside [-1, 1] so clamping is visible
-    a, _ = generate(eps, 5, s, steps=4, batch=2, seed=1, shape=(1, 4, 4))
-    b, _ = generate(eps, 5, s, steps=4, batch=2, seed=1, shape=(1, 4, 4))
+    a = sample_images(eps, 5, s, steps=4, batch=2, seed=1, shape=(1, 4, 4))
+    b = sample_images(eps, 5, s, steps=4, batch=2, seed=1, shape=(1, 4, 4))
     assert a.shape == (5, 1, 4, 4) and torch.equal(a, b) and a.abs().max() <= 1
+    assert not torch.equal(a, sample_images(eps, 5, s, steps=4, batch=2, seed=2, shape=(1, 4, 4)))
+    noise = torch.randn(5, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    whole, parts = sample_images(eps, noise, s, steps=4), sample_images(eps, noise, s, steps=4, batch=2)
+    assert torch.allclose(whole, parts, atol=1e-6)  # DDIM is deterministic: batching changes nothing
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="x_T"):
+            sample_images(eps, bad, s, steps=4)
+    with pytest.raises(ValueError, match="seed="):
+        sample_images(eps, 5, s, steps=4, generator=torch.Generator())
 
 
 def test_bench_command_line_rejects_unknown_benchmarks(capsys):

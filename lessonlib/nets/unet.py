@@ -6,7 +6,8 @@ adaptive group norm (FiLM): GN(h) * (1 + scale(emb)) + shift(emb).
 
 Conditions (``cond``):
 - ``None``: unconditional (for a conditional model, the learned null condition);
-- a long tensor (B,) of class labels, with ``-1`` meaning the null class (lesson 07);
+- a long tensor (B,) of class labels, with ``NULL_CLASS`` (-1, :mod:`lessonlib.types`) meaning the null class
+  (lesson 07);
 - a dict with any of ``"class"`` (B,), ``"vec"`` (B, cond_dim) pooled text vectors, ``"tokens"``
   (B, L, context_dim) text token features read by cross-attention with their ``"mask"`` (B, L) (True =
   a real token), and a ``"null"`` bool mask (B,) that swaps in the learned null vector and null token
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..types import NULL_CLASS
 from .config import resolve_config
 from .embedding import TimeMLP
 
@@ -246,9 +248,10 @@ class UNet(nn.Module):
         y = torch.as_tensor(y, device=device)
         if y.dtype.is_floating_point or y.ndim != 1 or y.shape[0] != batch:
             raise ValueError(f"class labels must be integers of shape ({batch},), got {y.dtype} {tuple(y.shape)}.")
-        if torch.any((y < -1) | (y >= n)):
-            raise ValueError(f"class labels must lie in 0..{n - 1}, or -1 for the null class; got {y.unique().tolist()}.")
-        return torch.where(y < 0, torch.full_like(y, n), y).long()
+        if torch.any(((y < 0) & (y != NULL_CLASS)) | (y >= n)):
+            raise ValueError(f"class labels must lie in 0..{n - 1}, or NULL_CLASS = {NULL_CLASS} for the null class; "
+                             f"got {y.unique().tolist()}.")
+        return torch.where(y == NULL_CLASS, torch.full_like(y, n), y).long()
 
     def _vector(self, vec, null, batch: int) -> Tensor:
         null_vec = self.null_vec.expand(batch, -1)

@@ -1,0 +1,85 @@
+"""The package's shape (DESIGN.md section 2): imports point down, the tower stays low, command lines stay on top.
+
+Floors are counted from the import graph of module-level ``lessonlib`` imports, read with ``ast``: a module
+that imports no other lessonlib module is on floor 0, any other sits one floor above the highest module it
+imports. The package's ``__init__`` (``lessonlib.device``) is left out: it imports nothing from lessonlib.
+"""
+import ast
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "lessonlib"
+COMMAND_LINES = {"lessonlib.bench", "lessonlib.train", "lessonlib.run_all"}
+MAX_FLOOR = 5
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def _imports(name: str, *, top_level_only: bool) -> set[str]:
+    """lessonlib modules that ``name`` imports (at module level only, or anywhere)."""
+    path = MODULES[name]
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1] + ([node.module] if node.module else []))
+            found |= {f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+    return {m for m in found if m in MODULES and m not in (name, "lessonlib")}
+
+
+@cache
+def floor(name: str, _stack: tuple = ()) -> int:
+    if name in _stack:
+        raise AssertionError(f"import cycle: {' -> '.join(_stack + (name,))}")
+    deps = _imports(name, top_level_only=True)
+    return 1 + max((floor(d, _stack + (name,)) for d in deps), default=-1)
+
+
+def test_the_import_tower_is_at_most_five_floors():
+    floors = {m: floor(m) for m in MODULES}
+    top = max(floors.values())
+    tower = sorted(floors.items(), key=lambda kv: kv[1])
+    assert top <= MAX_FLOOR, f"{top} floors: {tower}"
+
+
+@pytest.mark.parametrize("name", sorted(set(MODULES) - COMMAND_LINES))
+def test_no_library_module_imports_a_command_line(name):
+    assert not _imports(name, top_level_only=False) & COMMAND_LINES
+
+
+def test_imports_sit_at_the_top_of_modules():
+    """Inside a function only for an optional dependency or a cycle; none of lessonlib's own modules."""
+    for name, path in MODULES.items():
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef):
+                inner = [n for n in ast.walk(node) if isinstance(n, (ast.Import, ast.ImportFrom))]
+                assert all(isinstance(n, ast.ImportFrom) and n.level == 0 and n.module == "huggingface_hub"
+                           for n in inner), f"{name}.{node.name} imports inside the function"
+
+
+def test_the_abstractions_are_named_once():
+    import lessonlib.guidance as guidance
+    import lessonlib.types as types
+
+    assert guidance.EpsFn is types.EpsFn and types.NULL_CLASS == -1
+    for name, path in MODULES.items():  # nobody else assigns them
+        if name != "lessonlib.types":
+            targets = {t.id for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Assign)
+                       for t in n.targets if isinstance(t, ast.Name)}
+            assert not targets & {"EpsFn", "GradFn", "CondModel", "NULL_CLASS"}, name
