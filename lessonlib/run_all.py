@@ -1,7 +1,8 @@
 """Execute the course in order, each notebook in a fresh kernel: ``python -m lessonlib.run_all``.
 
 Writes the executed notebooks back (so students see results on GitHub before running anything)
-and prints a table of per-notebook wall time. Progress bars are silenced (``TQDM_DISABLE=1``) so the
+and prints a table of per-notebook wall time. ``MPLBACKEND`` is removed for the kernels, so figures
+are always drawn inline, whatever the calling shell set. Progress bars are silenced (``TQDM_DISABLE=1``) so the
 committed outputs hold results, not bars. Exits non-zero if any notebook fails.
 """
 from __future__ import annotations
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=int, default=900, help="seconds allowed per cell")
     args = parser.parse_args(argv)
     os.environ.setdefault("TQDM_DISABLE", "1")
+    if os.environ.pop("MPLBACKEND", None):  # e.g. Agg from CI: the kernels would draw no figure into the outputs
+        print("MPLBACKEND is ignored here: the notebooks' figures are drawn with the inline backend.")
     paths = sorted(p for p in args.dir.glob("[0-9][0-9]_*.ipynb") if not args.only or any(s in p.name for s in args.only))
     if not paths:
         parser.error(f"no notebooks matched in {args.dir}")
