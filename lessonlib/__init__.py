@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"  # the one version source: pyproject.toml reads it; see CHANGELOG.md
 __all__ = ["device", "__version__"]
 
 
