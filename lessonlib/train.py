@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("recipe", choices=sorted(RECIPES))
     parser.add_argument("--steps", type=int, help="override the recipe's number of steps")
     parser.add_argument("--minutes", type=float, help="stop training after this many minutes (reported)")
-    parser.add_argument("--out", help="checkpoint directory (default: data/checkpoints or $LESSONLIB_CHECKPOINTS)")
+    parser.add_argument("--out", help="a checkpoint folder of your own (default: $LESSONLIB_CHECKPOINTS, else the shipped zoo in a clone)")
     parser.add_argument("--no-eval", action="store_true", help="skip the metrics recorded in the manifest")
     args = parser.parse_args(argv)
     _, entry = run_recipe(args.recipe, steps=args.steps, time_limit_min=args.minutes,

@@ -49,7 +49,7 @@ def test_shipped_checkpoints_are_verified_small_and_documented():
     if not entries:
         pytest.skip("no shipped checkpoints yet")
     for name, entry in entries.items():
-        path = zoo.checkpoint_dir() / entry["file"]
+        path = zoo.checkpoint_file(name)
         assert path.suffix == ".safetensors" and path.stat().st_size < 10 * 1024 * 1024
         load_file(str(path))  # parses as safetensors (no pickle)
         for key in ("command", "data", "wall_time_s", "machine", "metrics", "recipe", "train_images"):
