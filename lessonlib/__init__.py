@@ -5,17 +5,7 @@ Every model and every guidance method is an eps-function ``(x_t, t) -> eps_hat``
 """
 from __future__ import annotations
 
-import torch
+from .devices import device, setup
 
 __version__ = "0.2.0.dev0"  # the one version source: pyproject.toml reads it; see CHANGELOG.md
-__all__ = ["device", "__version__"]
-
-
-def device() -> torch.device:
-    """The best available device: CUDA, then Apple MPS, then CPU (no hidden .cuda() anywhere else)."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+__all__ = ["device", "setup", "__version__"]

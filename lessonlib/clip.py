@@ -90,7 +90,7 @@ def load_pretrained(name: str = "ViT-B-32", pretrained: str = "laion2b_s34b_b79k
 
 def contrastive_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor) -> Tensor:
     """Symmetric InfoNCE: mean of CE(rows) and CE(columns) of the B x B logits s * I T^T, targets on the diagonal."""
-    logits = logit_scale * F.normalize(image_emb, dim=-1) @ F.normalize(text_emb, dim=-1).T
+    logits = logit_scale.to(image_emb.device) * F.normalize(image_emb, dim=-1) @ F.normalize(text_emb.to(image_emb.device), dim=-1).T
     target = torch.arange(len(logits), device=logits.device)
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
@@ -141,5 +141,5 @@ def zero_shot(clip: ClipModel, images: Tensor, class_names, templates=("{}",), *
     feats = images if images.ndim == 2 else image_features(clip, images, batch=batch)
     if feats.shape[1] != classes.shape[1]:
         raise ValueError(f"image features have {feats.shape[1]} dimensions, the text embeddings {classes.shape[1]}.")
-    logits = scale * feats.to(classes.device) @ classes.T
+    logits = scale.to(classes.device) * feats.to(classes.device) @ classes.T
     return ZeroShot(logits.cpu(), logits.argmax(1).cpu())

@@ -8,6 +8,8 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+import torch
+
 __all__ = ["per_call_seconds", "per_call_ms"]
 
 
@@ -16,11 +18,19 @@ def per_call_seconds(fn: Callable[[], object], *, min_seconds: float = 1.0, min_
     if min_calls < 1 or min_seconds < 0:
         raise ValueError(f"min_calls must be >= 1 and min_seconds >= 0, got {min_calls} and {min_seconds}.")
     fn()
+    _synchronize()
     calls, start = 0, time.perf_counter()
     while calls < min_calls or time.perf_counter() - start < min_seconds:
         fn()
+        _synchronize()
         calls += 1
     return (time.perf_counter() - start) / calls
+
+
+def _synchronize() -> None:
+    """Wait for queued GPU work, so that a call's time includes its kernels (a no-op without CUDA in use)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def per_call_ms(fn: Callable[[], object], *, per: int = 1, min_seconds: float = 1.0, min_calls: int = 3) -> float:

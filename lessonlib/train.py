@@ -18,6 +18,7 @@ from torch import nn
 
 from . import zoo
 from .data import load_dataset
+from .devices import device
 from .recipes import RECIPES
 from .tasks import TASKS, Context, build_model, evaluate
 from .training import fit
@@ -42,7 +43,7 @@ def run_recipe(name: str, *, steps: int | None = None, time_limit_min: float | N
     gen = torch.Generator().manual_seed(recipe.seed)
     ctx = Context(recipe, recipe.noise_schedule(), directory=zoo_dir, progress=progress)
     train = load_dataset(recipe.dataset, "train")
-    model = build_model(ctx)
+    model = build_model(ctx).to(device())  # a GPU when there is one; batches stay on the CPU (lessonlib.devices)
     loss_fn = TASKS[recipe.task].loss(ctx, model, train, gen)
     result = fit(model, loss_fn, steps=recipe.steps, lr=recipe.lr, weight_decay=recipe.weight_decay,
                  warmup=recipe.warmup, ema_decay=recipe.ema_decay, progress=progress, desc=name,

@@ -30,6 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .devices import device as default_device
 from .home import home
 from .nets.classifier import JudgeConfig, JudgeNet, NoisyClassifier, NoisyClassifierConfig
 from .nets.clip import SmallCLIP, SmallCLIPConfig
@@ -188,14 +189,16 @@ def schedule_for(name: str, *, directory: Path | None = None) -> NoiseSchedule:
 
 
 def load(name: str, *, directory: Path | None = None, device=None) -> nn.Module:
-    """Build the model named ``name`` and load its verified weights onto ``device`` (default CPU); eval mode (lesson 02)."""
+    """Build the model named ``name`` and load its verified weights onto ``device`` (default
+    :func:`lessonlib.device`: a GPU when there is one); eval mode. The networks follow their inputs
+    (:mod:`lessonlib.devices`), so CPU tensors may be given to a model on a GPU (lesson 02)."""
     directory = directory or checkpoint_dir()
     record = entry(name, directory=directory)
     path = checkpoint_file(name, directory=directory)
     model_cls, config_cls = ARCHITECTURES[record["arch"]]
     model = model_cls(config_from_dict(config_cls, record["config"]))
     model.load_state_dict(load_file(str(path)))
-    return model.to(device or "cpu").eval()
+    return model.to(device or default_device()).eval()
 
 
 def save(name: str, model: nn.Module, *, info: dict, directory: Path | None = None) -> dict:

@@ -14,6 +14,7 @@ from lessonlib import zoo
 from lessonlib.nets.unet import UNet, UNetConfig
 
 os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("LESSONLIB_DEVICE", "cpu")  # tests stay on the CPU; LESSONLIB_DEVICE=cuda pytest runs them on a GPU
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 def pytest_collection_modifyitems(config, items):

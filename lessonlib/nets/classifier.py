@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..devices import follows_inputs
 from .config import resolve_config
 from .embedding import TimeMLP
 from .unet import ResBlock, SelfAttention
@@ -53,12 +54,14 @@ class JudgeNet(nn.Module):
         )
         self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(cfg.feature_dim, cfg.num_classes))
 
+    @follows_inputs
     def features(self, x: Tensor) -> Tensor:
         """Penultimate features (B, feature_dim), the space in which FID_judge and diversity are measured."""
         if x.ndim != 4 or x.shape[1] != self.config.in_channels:
             raise ValueError(f"the judge takes images (B, {self.config.in_channels}, H, W) in [-1, 1], got {tuple(x.shape)}.")
         return self.body(x)
 
+    @follows_inputs
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
 
@@ -107,6 +110,7 @@ class NoisyClassifier(nn.Module):
         self.head = nn.Sequential(nn.GroupNorm(g, ch), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                                   nn.Linear(ch, cfg.num_classes))
 
+    @follows_inputs
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         cfg = self.config
         if x.ndim != 4 or x.shape[1:] != (cfg.in_channels, cfg.image_size, cfg.image_size):
@@ -118,6 +122,7 @@ class NoisyClassifier(nn.Module):
             h = block(h, emb) if isinstance(block, ResBlock) else block(h)
         return self.head(h)
 
+    @follows_inputs
     def log_prob(self, x: Tensor, t: Tensor) -> Tensor:
         """log p(y | x_t) for every class, (B, num_classes)."""
         return F.log_softmax(self(x, t), dim=1)

@@ -20,6 +20,7 @@ from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 from torch import Tensor, nn
 
 from ..captions import AttributeBins
+from ..devices import follows_inputs
 from .config import resolve_config
 
 __all__ = ["ClipModel", "SmallCLIPConfig", "SmallCLIP", "PretrainedCLIP"]
@@ -59,11 +60,13 @@ class ClipModel(nn.Module):
                                  f"{self.context_length}. Shorten it.")
         return self.tokenizer(texts, context_length=self.context_length).to(self.logit_scale.device)
 
+    @follows_inputs
     def encode_image(self, images: Tensor, *, normalize: bool = True) -> Tensor:
         """Image embeddings (B, D), unit length by default; gradients flow to the pixels (lesson 06)."""
         feats = self.model.encode_image(self._model_input(self._check_images(images)))
         return F.normalize(feats, dim=-1) if normalize else feats
 
+    @follows_inputs
     def encode_text(self, texts, *, normalize: bool = True) -> Tensor:
         """Text embeddings (B, D) of prompts (a string or a list of strings), unit length by default."""
         feats = self.model.encode_text(self.tokenize(texts))
@@ -119,6 +122,7 @@ class SmallCLIP(ClipModel):
             raise RuntimeError("this SmallCLIP was never trained: it has no attribute bins.")
         return AttributeBins(thickness=(e[0], e[1]), slant=(e[2], e[3]), size=(e[4],))
 
+    @follows_inputs
     def encode_tokens(self, texts) -> tuple[Tensor, Tensor, Tensor]:
         """Per-token features (B, L, text_width) after the final LayerNorm, their mask (B, L), True up to and
         including the end token, and the unit pooled embedding (B, D) that :meth:`encode_text` returns (lesson 08)."""

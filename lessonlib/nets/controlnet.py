@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..devices import follows_inputs
 from .config import config_from_dict, resolve_config
 from .unet import UNet, UNetConfig, zero_init
 
@@ -84,7 +85,7 @@ class ControlNet(nn.Module):
         net.base.load_state_dict(state)
         missing, unexpected = net.control.load_state_dict(state, strict=False)
         assert not missing, missing  # the copy's keys are a subset of the base's
-        return net
+        return net.to(next(base.parameters()).device)
 
     def train(self, mode: bool = True) -> "ControlNet":
         super().train(mode)
@@ -94,6 +95,7 @@ class ControlNet(nn.Module):
     def trainable_parameters(self) -> int:
         return sum(q.numel() for q in self.parameters() if q.requires_grad)
 
+    @follows_inputs
     def residuals(self, x: Tensor, t: Tensor, cond: dict) -> list[Tensor]:
         """The zero-convolved features the copy adds to the base's skips and middle (all zero at init)."""
         hint = cond["hint"]
@@ -107,6 +109,7 @@ class ControlNet(nn.Module):
         h, hs, _, _ = self.control.encode(x, t, _base_cond(cond), added=added)
         return [zero(f) * self.strength for zero, f in zip(self.zero_convs, [*hs, h])]
 
+    @follows_inputs
     def forward(self, x: Tensor, t: Tensor, cond: dict | None = None) -> Tensor:
         if not isinstance(cond, dict) or cond.get("hint") is None:
             raise ValueError("a ControlNet needs cond={'class': labels, 'hint': layout}; make the hint with "

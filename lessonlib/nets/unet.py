@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..devices import follows_inputs
 from ..types import NULL_CLASS
 from .config import resolve_config
 from .embedding import TimeMLP
@@ -262,6 +263,7 @@ class UNet(nn.Module):
         return vec if null is None else torch.where(null.reshape(-1, 1).to(vec.device), null_vec, vec)
 
     # ---- forward ----
+    @follows_inputs
     def forward(self, x: Tensor, t: Tensor, cond=None, *, residuals: list[Tensor] | None = None) -> Tensor:
         """eps_hat; ``residuals`` (one per skip feature, then one for the middle) are added first (ControlNet)."""
         h, hs, emb, ctx = self.encode(x, t, cond)

@@ -1,0 +1,120 @@
+"""Where the course computes: the best device, thread pinning on CPU, and models that follow their inputs.
+
+The course's tensors live on the CPU: datasets, noise drawn from seeded CPU generators, samples, metrics, plots.
+A model may live elsewhere (a GPU): every public method of the course's networks is wrapped by
+:func:`follows_inputs`, which moves the tensors it is given to the model's device and moves what it returns back
+to the device of the first tensor it was given (the CPU when it was given none, e.g. prompts). Samplers, guidance,
+metrics and training therefore keep their tensors on the input's device, and a lesson runs unchanged on a GPU,
+with only the networks' arithmetic moved there. (Accelerate's ``AlignDevicesHook(io_same_device=True)`` makes the
+same choice.) Gradients flow through the moves, so classifier and CLIP guidance work across devices too.
+
+``LESSONLIB_DEVICE`` (``cpu``, ``cuda``, ``cuda:1``, ``mps``) overrides the choice; the test suite sets it to
+``cpu`` so that its numbers do not depend on the machine.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Callable, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["device", "setup", "follows_inputs", "move", "first_tensor"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def device() -> torch.device:
+    """``$LESSONLIB_DEVICE`` if set, else the best available device: CUDA, then Apple MPS, then CPU."""
+    chosen = os.environ.get("LESSONLIB_DEVICE", "").strip()
+    if chosen:
+        try:
+            dev = torch.device(chosen)
+        except RuntimeError as exc:
+            raise ValueError(f"LESSONLIB_DEVICE={chosen!r} is not a device; use cpu, cuda, cuda:N or mps.") from exc
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"LESSONLIB_DEVICE={chosen!r} but this torch sees no CUDA GPU; unset it or use cpu.")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def setup(threads: int = 2, *, quiet: bool = False) -> torch.device:
+    """A lesson's first call: pick :func:`device`; on CPU pin torch to ``threads`` threads (at most the cores).
+
+    Returns the device; the shipped checkpoints load onto it (``zoo.load``) and the recipes train on it.
+    """
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}.")
+    dev = device()
+    if dev.type == "cpu":
+        torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
+        where = f"cpu, {torch.get_num_threads()} threads"
+    elif dev.type == "cuda":
+        where = f"{dev} ({torch.cuda.get_device_name(dev)})"
+    else:
+        where = str(dev)
+    if not quiet:
+        print(f"lessonlib runs on {where}")
+    return dev
+
+
+def first_tensor(obj: Any) -> Tensor | None:
+    """The first tensor in obj, searching tuples, lists and dict values in order; None if there is none."""
+    if isinstance(obj, Tensor):
+        return obj
+    items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (tuple, list)) else ()
+    for item in items:
+        found = first_tensor(item)
+        if found is not None:
+            return found
+    return None
+
+
+def move(obj: Any, dev: torch.device) -> Any:
+    """obj with every tensor (also inside tuples, lists and dicts) on ``dev``; other values unchanged."""
+    if isinstance(obj, Tensor):
+        return obj if obj.device == dev else obj.to(dev)
+    if isinstance(obj, dict):
+        return {k: move(v, dev) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        moved = [move(v, dev) for v in obj]
+        return type(obj)(moved) if isinstance(obj, list) or type(obj) is tuple else type(obj)(*moved)
+    return obj
+
+
+def _model_device(module: nn.Module) -> torch.device | None:
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return None
+
+
+def follows_inputs(method: F) -> F:
+    """Wrap a network's method: tensors in go to the network's device, tensors out come back to the first input
+    tensor's device (the CPU if none was given). A no-op when everything already shares one device."""
+
+    @functools.wraps(method)
+    def wrapper(self: nn.Module, *args, **kwargs):
+        home = _model_device(self)
+        given = first_tensor((args, kwargs))
+        back = given.device if given is not None else torch.device("cpu")
+        if home is None or (home == back and all(_on(a, home) for a in (*args, *kwargs.values()))):
+            return method(self, *args, **kwargs)
+        out = method(self, *move(args, home), **move(kwargs, home))
+        return move(out, back)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _on(obj: Any, dev: torch.device) -> bool:
+    if isinstance(obj, Tensor):
+        return obj.device == dev
+    items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (tuple, list)) else ()
+    return all(_on(v, dev) for v in items)
