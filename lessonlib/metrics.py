@@ -7,9 +7,14 @@
 - energy distance: a sample distance for the 2-D toy (lesson 01);
 - layout IoU: overlap of the inked cells of a coarse layout asked for and the one produced (lesson 10);
 - accuracy against t: a classifier of (x_t, t) on noised test images (lessons 03, 05, 06);
-- text adherence: digit (judge), thickness and slant (measured) against the prompt (lesson 08).
+- text adherence: digit (judge), thickness and slant (measured) against the prompt (lesson 08);
+- reference agreement: per sample, what it shares with a reference digit: class (judge), thickness and slant
+  tertile, coarse layout IoU and pixel ink IoU (lesson 08);
+- mean_interval: a mean with the half-width of its normal-approximation 95% interval.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -21,8 +26,8 @@ from .schedules import NoiseSchedule
 from .transforms import coarse_layout
 
 __all__ = ["energy_distance", "judge_features", "judge_accuracy", "frechet_distance", "fid_judge",
-           "fid_floor", "diversity", "class_diversity", "layout_iou", "CLASSIFIER_EVAL_T", "accuracy_by_t",
-           "text_adherence"]
+           "fid_floor", "judge_predictions", "diversity", "class_diversity", "layout_iou", "CLASSIFIER_EVAL_T", "accuracy_by_t",
+           "text_adherence", "reference_agreement", "mean_interval"]
 
 
 def energy_distance(a: Tensor, b: Tensor) -> float:
@@ -54,11 +59,14 @@ def judge_features(judge: nn.Module, images: Tensor, *, batch: int = 500) -> Ten
 
 def judge_accuracy(judge: nn.Module, images: Tensor, labels, *, batch: int = 500) -> float:
     """Share of images that the judge assigns to the requested class (class adherence) (lesson 02)."""
-    judge.eval()
-    device = next(judge.parameters()).device
     labels = torch.as_tensor(labels).reshape(-1).expand(len(images)).cpu()
-    pred = _batched(lambda x: judge(x.to(device)).argmax(1).cpu(), images, batch)
-    return float((pred == labels).float().mean())
+    return float((judge_predictions(judge, images, batch=batch) == labels).float().mean())
+
+
+def judge_predictions(judge: nn.Module, images: Tensor, *, batch: int = 500) -> Tensor:
+    """The judge's class for each image, (N,) on the CPU."""
+    judge.eval()
+    return _batched(lambda x: judge(x).argmax(1).cpu(), images, batch)
 
 
 def frechet_distance(f1: Tensor, f2: Tensor) -> float:
@@ -153,3 +161,37 @@ def text_adherence(samples: Tensor, digits: Tensor, asked: list, judge: nn.Modul
         want = torch.tensor([ATTRIBUTE_WORDS[attribute].index(asked[i][1]) for i in idx])
         out[attribute] = float((got == want).float().mean())
     return out
+
+
+def reference_agreement(samples: Tensor, references: Tensor, labels, judge: nn.Module, bins: AttributeBins, *,
+                        cells: int = 7) -> dict[str, Tensor]:
+    """Per sample (N,) values: what sample i shares with reference digit i (lesson 08).
+
+    ``class``: the judge's class equals ``labels[i]`` (1/0); ``thickness`` and ``slant``: the sample measures in
+    the reference's tertile (1/0, chance 1/3); ``layout``: IoU of their inked cells in a ``cells`` x ``cells``
+    layout; ``ink``: IoU of their inked pixels (x > 0), exact shape. Average with :func:`mean_interval`.
+    """
+    if samples.shape != references.shape or samples.ndim != 4 or samples.shape[1] != 1:
+        raise ValueError(f"samples and references must be grey images of one shape (N, 1, H, W), got "
+                         f"{tuple(samples.shape)} and {tuple(references.shape)}.")
+    labels = torch.as_tensor(labels).reshape(-1).cpu()
+    if len(labels) != len(samples):
+        raise ValueError(f"give one label per reference: {len(labels)} labels for {len(samples)} references.")
+    pred = judge_predictions(judge, samples)
+    got, want = measure(samples), measure(references)
+    out = {"class": (pred == labels).float()}
+    for attribute in ("thickness", "slant"):
+        out[attribute] = (bins.word_index(attribute, got[attribute]) == bins.word_index(attribute, want[attribute])).float()
+    out["layout"] = layout_iou(samples, coarse_layout(references, cells=cells), cells=cells).float()
+    a, b = samples.detach().cpu()[:, 0] > 0, references.detach().cpu()[:, 0] > 0
+    inter, union = (a & b).flatten(1).sum(1), (a | b).flatten(1).sum(1)
+    out["ink"] = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter, dtype=torch.float))
+    return out
+
+
+def mean_interval(values, z: float = 1.96) -> tuple[float, float]:
+    """Mean of per-sample values and the half-width of its normal-approximation 95% interval, z std / sqrt(n)."""
+    v = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+    if len(v) < 2:
+        raise ValueError(f"need at least 2 values for an interval, got {len(v)}.")
+    return float(v.mean()), float(z * v.std() / math.sqrt(len(v)))

@@ -142,6 +142,13 @@ RECIPES.update({
         description="text-conditioned MNIST eps-model: the mnist-uncond U-Net plus cross-attention to the frozen "
                     "mnist-clip token features and the pooled text vector in the time embedding; captions of measured "
                     "digit, thickness, slant and size, dropped to the learned null text with p_uncond = 0.1"),
+    "mnist-pooled-cfg": Recipe(
+        "mnist-pooled-cfg", "text-diffusion", "UNet", asdict(replace(_MNIST_UNET, cond_dim=64)),
+        steps=3800, batch_size=64, lr=2e-3, ema_decay=0.999, warmup=200, p_uncond=0.1,
+        clip="mnist-clip", p_attribute=0.7, p_digit=0.9, eval_n=500,
+        description="mnist-text-cfg without cross-attention: conditioned on the pooled mnist-clip text embedding "
+                    "alone (added to the time embedding), same captions and budget; lesson 08 gives it CLIP image "
+                    "embeddings in place of text ones"),
 })
 
 # lesson 10: one budget (the p_uncond ablation's) for three ways of feeding the class in, then a ControlNet

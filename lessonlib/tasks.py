@@ -120,7 +120,12 @@ def _text_diffusion_loss(ctx: Context, model: nn.Module, train: ImageSet, gen: t
     r = ctx.recipe
     return text_diffusion_loss_fn(train.images, train.labels, ctx.schedule, clip=ctx.load(r.clip),
                                   batch_size=r.batch_size, p_uncond=r.p_uncond, generator=gen,
-                                  p_attribute=r.p_attribute, p_digit=r.p_digit)
+                                  p_attribute=r.p_attribute, p_digit=r.p_digit, tokens=_reads_tokens(model))
+
+
+def _reads_tokens(model: nn.Module) -> bool:
+    """Does this U-Net read per-token text features (cross-attention), or the pooled embedding alone?"""
+    return bool(model.config.context_dim)
 
 
 # ---- evaluators: what the manifest records about a freshly trained checkpoint ------------------------------------
@@ -203,7 +208,7 @@ def _eval_text_diffusion(ctx: Context, model: nn.Module, test: ImageSet) -> dict
         return judge
     clip, n = ctx.load(ctx.recipe.clip), ctx.recipe.eval_n
     digits, asked, prompts = text_eval_prompts(n)
-    cond = text_condition(clip, prompts)
+    cond = text_condition(clip, prompts, tokens=_reads_tokens(model))
     out = {}
     for scale in (1.0, 3.0, 5.0):
         xs = sample_images(batched_cfg(model, cond, null_condition(cond), scale), n, ctx.schedule, steps=25, batch=n,

@@ -189,14 +189,15 @@ def clip_loss_fn(images: Tensor, *, batch_size: int, generator: torch.Generator,
 
 def text_diffusion_loss_fn(images: Tensor, labels: Tensor, schedule, *, clip, batch_size: int, p_uncond: float,
                            generator: torch.Generator, p_attribute: float = 0.5,
-                           p_digit: float = 1.0) -> LossFn:
-    """Denoising loss conditioned on frozen-CLIP features of random captions, dropped to null w.p. p_uncond (lesson 08)."""
+                           p_digit: float = 1.0, tokens: bool = True) -> LossFn:
+    """Denoising loss conditioned on frozen-CLIP features of random captions, dropped to null w.p. p_uncond (lesson 08);
+    ``tokens=False``: the pooled text embedding alone (a U-Net without cross-attention)."""
     _check_p_uncond(p_uncond)
     captions = digit_caption_fn(images, labels, clip.bins, generator=generator, p_attribute=p_attribute, p_digit=p_digit)
 
     def loss(model: nn.Module, step: int) -> Tensor:
         idx = torch.randint(0, len(images), (batch_size,), generator=generator)
-        cond = text_condition(clip, captions(idx))
+        cond = text_condition(clip, captions(idx), tokens=tokens)
         cond["null"] = drop_mask(batch_size, p_uncond, generator)
         return denoising_loss(model, images[idx], schedule, generator=generator, cond=cond)
     return loss

@@ -44,7 +44,9 @@ def tiny_recipe(name: str, **changes) -> Recipe:
     if r.arch == "UNet":
         config = {**config, **{k: r.config[k] for k in ("num_classes", "cond_dim", "context_dim", "class_injection")}}
         if config["cond_dim"]:
-            config["cond_dim"], config["context_dim"] = TINY_CLIP.embed_dim, TINY_CLIP.text_width
+            config["cond_dim"] = TINY_CLIP.embed_dim
+        if config["context_dim"]:
+            config["context_dim"] = TINY_CLIP.text_width
     if r.arch == "NoisyClassifier":
         config = {**config, "num_classes": r.config["num_classes"] if r.task != "noisy-clip" else TINY_CLIP.embed_dim}
     changes = {"eval_n": 20, **changes}
@@ -57,7 +59,8 @@ def test_every_recipe_names_a_task_in_the_table():
 
 
 @pytest.mark.parametrize("name", ["mnist-judge", "mnist-noisy-classifier", "mnist-clean-classifier", "mnist-clip",
-                                  "mnist-clip-noisy", "mnist-uncond", "mnist-cfg", "mnist-text-cfg", "mnist-controlnet"])
+                                  "mnist-clip-noisy", "mnist-uncond", "mnist-cfg", "mnist-text-cfg", "mnist-pooled-cfg",
+                                  "mnist-controlnet"])
 def test_each_task_builds_a_loss_that_trains_its_model(name, tiny_zoo_dir, digits):
     recipe = tiny_recipe(name, base="mnist-cfg" if name == "mnist-controlnet" else None)
     ctx = Context(recipe, recipe.noise_schedule(), directory=tiny_zoo_dir)
@@ -74,9 +77,9 @@ def test_each_task_builds_a_loss_that_trains_its_model(name, tiny_zoo_dir, digit
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["mnist-judge", "mnist-noisy-classifier", "mnist-clip", "mnist-uncond", "mnist-cfg",
-                                  "mnist-text-cfg"])
+                                  "mnist-text-cfg", "mnist-pooled-cfg"])
 def test_each_evaluator_measures_a_tiny_zoo(name, tiny_zoo_dir, digits):
-    recipe = tiny_recipe(name, eval_n=50 if name == "mnist-text-cfg" else 20)  # 50: every attribute asked for
+    recipe = tiny_recipe(name, eval_n=50 if name.endswith(("text-cfg", "pooled-cfg")) else 20)  # 50: every attribute asked for
     ctx = Context(recipe, recipe.noise_schedule(), directory=tiny_zoo_dir)
     model = randomise(build_model(ctx), std=0.1)  # fresh U-Nets output zeros: every sample would be the same
     if name == "mnist-clip":

@@ -76,3 +76,14 @@ def test_text_conditions_check_their_prompts_and_tokens_match_encode_text(parts)
     torch.testing.assert_close(cond["vec"], clip.encode_text(["a thick seven", "my 3"]).detach())
     assert cond["mask"].sum(1).tolist() == [5, 4]  # start, words, end
     assert cond["tokens"].shape == (2, clip.context_length, clip.config.text_width)
+
+
+def test_a_pooled_only_condition_keeps_the_vector_and_a_unet_without_cross_attention_rejects_tokens(parts):
+    clip, _ = parts
+    full, pooled = text_condition(clip, ["a thick seven", "my 3"]), text_condition(clip, ["a thick seven", "my 3"], tokens=False)
+    assert set(pooled) == {"vec", "null"} and torch.equal(pooled["vec"], full["vec"])
+    net = UNet(UNetConfig(base_channels=8, channel_mults=(1, 2), groups=4, cond_dim=clip.config.embed_dim)).eval()
+    x, t = torch.randn(2, 1, 28, 28), torch.full((2,), 100)
+    assert net(x, t, pooled).shape == x.shape
+    with pytest.raises(ValueError, match="no cross-attention"):
+        net(x, t, full)

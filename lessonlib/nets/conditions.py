@@ -8,15 +8,28 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["text_condition", "null_condition"]
+__all__ = ["text_condition", "vector_condition", "null_condition"]
 
 
-def text_condition(clip, texts) -> dict:
+def text_condition(clip, texts, *, tokens: bool = True) -> dict:
     """A text-conditioned U-Net's condition from the frozen CLIP: token features, their mask, the pooled vector
-    and a ``null`` flag (all False; see :func:`null_condition`); ``clip`` is a SmallCLIP (lesson 08)."""
+    and a ``null`` flag (all False; see :func:`null_condition`); ``clip`` is a SmallCLIP (lesson 08).
+
+    ``tokens=False`` keeps the pooled vector alone, for a U-Net without cross-attention (``context_dim=None``).
+    """
     with torch.no_grad():
-        tokens, mask, pooled = clip.encode_tokens(texts)
-    return {"tokens": tokens, "mask": mask, "vec": pooled, "null": torch.zeros(len(tokens), dtype=torch.bool)}
+        feats, mask, pooled = clip.encode_tokens(texts)
+    null = torch.zeros(len(pooled), dtype=torch.bool)
+    return {"tokens": feats, "mask": mask, "vec": pooled, "null": null} if tokens else {"vec": pooled, "null": null}
+
+
+def vector_condition(vec) -> dict:
+    """A condition that is one embedding per row, (B, cond_dim), for a U-Net without cross-attention: e.g. a
+    CLIP *image* embedding given to a model trained on pooled CLIP *text* embeddings (lesson 08)."""
+    if not torch.is_tensor(vec) or vec.ndim != 2 or not vec.is_floating_point():
+        shape = tuple(vec.shape) if torch.is_tensor(vec) else type(vec).__name__
+        raise ValueError(f"give one embedding per row, a float tensor (B, D), got {shape}.")
+    return {"vec": vec, "null": torch.zeros(len(vec), dtype=torch.bool)}
 
 
 def null_condition(cond: dict) -> dict:
