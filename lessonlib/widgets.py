@@ -6,6 +6,7 @@ The panel works the same in JupyterLab, Colab and headless under nbval: a cell c
 from __future__ import annotations
 
 import html
+import math
 import time
 from collections import OrderedDict
 from typing import Any, Callable
@@ -15,7 +16,7 @@ from IPython.display import display
 
 from .plotting import to_png
 
-__all__ = ["SliderPanel", "scale_slider"]
+__all__ = ["SliderPanel", "scale_slider", "log_scale_slider"]
 
 
 def scale_slider(value: float = 1.0, *, min: float = 0.0, max: float = 10.0, step: float = 0.5,  # noqa: A002
@@ -23,6 +24,19 @@ def scale_slider(value: float = 1.0, *, min: float = 0.0, max: float = 10.0, ste
     """A guidance-scale slider that renders on release (continuous_update=False)."""
     return W.FloatSlider(value=value, min=min, max=max, step=step, description=description,
                          continuous_update=False, readout_format=".2f")
+
+
+def log_scale_slider(value: float = 100.0, *, min: float = 1.0, max: float = 1000.0,  # noqa: A002
+                     steps_per_decade: int = 10, description: str = "scale") -> W.FloatLogSlider:
+    """A logarithmic guidance-scale slider (e.g. CLIP guidance, lesson 06, whose useful scales span decades)."""
+    if not 0 < min <= value <= max:
+        raise ValueError(f"a log slider needs 0 < min <= value <= max, got min={min}, value={value}, max={max}; "
+                         "scale 0 (no guidance) has no place on a log axis: compare with a separate run.")
+    if steps_per_decade < 1:
+        raise ValueError(f"steps_per_decade must be >= 1, got {steps_per_decade}.")
+    return W.FloatLogSlider(value=value, base=10, min=math.log10(min), max=math.log10(max),
+                            step=1 / steps_per_decade, description=description, continuous_update=False,
+                            readout_format=".3g")
 
 
 class SliderPanel:

@@ -7,7 +7,7 @@ import ipywidgets as W  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 
 from lessonlib.plotting import image_grid, to_png  # noqa: E402
-from lessonlib.widgets import SliderPanel, scale_slider  # noqa: E402
+from lessonlib.widgets import SliderPanel, log_scale_slider, scale_slider  # noqa: E402
 
 
 def images(scale, cls=0):
@@ -75,3 +75,14 @@ def test_image_grid_layout_and_range():
 def test_device_is_a_torch_device():
     import lessonlib
     assert isinstance(lessonlib.device(), torch.device)
+
+
+def test_the_log_slider_spans_decades_and_refuses_zero():
+    slider = log_scale_slider(100.0, min=1.0, max=1000.0)
+    assert slider.value == pytest.approx(100.0) and slider.continuous_update is False
+    slider.value = 1000.0
+    assert slider.value == pytest.approx(1000.0)
+    slider.value = 5000.0  # beyond the range: clipped, as ipywidgets does
+    assert slider.value == pytest.approx(1000.0)
+    with pytest.raises(ValueError, match="scale 0"):
+        log_scale_slider(0.0, min=0.0)
