@@ -18,7 +18,7 @@ from .captions import DIGIT_WORDS, zero_shot_templates
 from .clip import class_embeddings
 from .data import load_mnist
 from .guidance import batched_cfg, classifier_grad, grad_guidance, noisy_clip_grad
-from .metrics import class_diversity, fid_floor, fid_judge, judge_accuracy
+from .metrics import class_diversity, fid_floor, fid_judge_interval, judge_accuracy
 from .samplers import sample_images
 from .schedules import NoiseSchedule
 from .types import NULL_CLASS, EpsFn
@@ -95,8 +95,9 @@ def measure_frontier(*, n: int = 200, steps: int = 20, seed: int = 0, methods: l
             start = time.perf_counter()
             xs = sample_images(make(s, y), noise, schedule, steps=steps, progress=progress)
             seconds = time.perf_counter() - start
+            ci = fid_judge_interval(judge, xs, ref)
             rows.append({"method": name, "scale": s, "adherence": judge_accuracy(judge, xs, y),
-                         "fid_judge": fid_judge(judge, xs, ref),
+                         "fid_judge": ci.fid, "fid_interval": ci,
                          "diversity": class_diversity(judge, xs, y),
                          "ms_per_image": 1000 * seconds / n})
     return rows, fid_floor(judge, test.images, n)
@@ -114,11 +115,12 @@ def best_points(rows: list[dict], *, min_adherence: float = 0.95) -> dict[str, d
 
 def format_frontier(rows: list[dict], floor: float, *, min_adherence: float = 0.95) -> str:
     """The frontier table and the best operating point of each method, as text."""
-    lines = [f"{'method':30s} {'scale':>6s} {'adherence':>10s} {'FID_judge':>10s} {'diversity':>10s} {'ms/img':>7s}"]
-    lines += [f"{r['method']:30s} {r['scale']:6g} {r['adherence']:10.3f} {r['fid_judge']:10.2f} {r['diversity']:10.2f} "
-              f"{r['ms_per_image']:7.1f}" for r in rows]
+    lines = [f"{'method':30s} {'scale':>6s} {'adherence':>10s} {'FID_judge [95% interval]':>25s} {'diversity':>10s} "
+             f"{'ms/img':>7s}"]
+    lines += [f"{r['method']:30s} {r['scale']:6g} {r['adherence']:10.3f} {r['fid_interval']:>25.2f} "
+              f"{r['diversity']:10.2f} {r['ms_per_image']:7.1f}" for r in rows]
     lines += ["", f"best operating point (lowest FID_judge with adherence >= {min_adherence}, else most adherent); "
                   f"FID floor {floor:.2f}"]
-    lines += [f"{name:30s} s = {r['scale']:<5g} adherence {r['adherence']:.3f}  FID_judge {r['fid_judge']:.2f}  "
+    lines += [f"{name:30s} s = {r['scale']:<5g} adherence {r['adherence']:.3f}  FID_judge {r['fid_interval']:.2f}  "
               f"diversity {r['diversity']:.2f}" for name, r in best_points(rows, min_adherence=min_adherence).items()]
     return "\n".join(lines)

@@ -44,3 +44,29 @@ def test_judge_accuracy_diversity_and_floor():
     assert 0 < fid_floor(judge, real, 200) < 0.3
     with pytest.raises(ValueError, match="2 \\* n"):
         fid_floor(judge, real, 300)
+
+
+def test_the_fid_interval_brackets_the_value_shrinks_with_n_and_separates_only_real_differences():
+    from lessonlib.metrics import fid_judge_interval
+
+    class Identity(torch.nn.Module):  # a "judge" whose features are the flattened pixels
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def features(self, x):
+            return x.flatten(1) + 0 * self.w
+
+    judge, g = Identity(), torch.Generator().manual_seed(0)
+    real = lambda n, shift=0.0: torch.randn(n, 1, 2, 2, generator=g) + shift  # noqa: E731
+    small, large = (fid_judge_interval(judge, real(n), real(n), n_boot=200) for n in (50, 2000))
+    assert small.lo <= small.fid <= small.hi and large.lo <= large.fid <= large.hi
+    assert large.hi - large.lo < (small.hi - small.lo) / 3                 # ~ 1/sqrt(N)
+    same = fid_judge_interval(judge, real(300), real(300))
+    moved = fid_judge_interval(judge, real(300, shift=1.0), real(300))
+    assert moved.separated_from(same) and not same.separated_from(fid_judge_interval(judge, real(300), real(300)))
+    assert f"{moved:.1f}".count("[") == 1 and len(f"{moved:>40.2f}") == 40 and f"{moved:>40.2f}".startswith(" ")
+    with pytest.raises(ValueError, match="n_boot"):
+        fid_judge_interval(judge, real(10), real(10), n_boot=2)
+    with pytest.raises(ValueError, match="z > 0"):
+        fid_judge_interval(judge, real(10), real(10), z=0)
