@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -64,16 +64,18 @@ def setup(threads: int = 2, *, quiet: bool = False) -> torch.device:
     return dev
 
 
+def _tensors(obj: Any) -> Iterator[Tensor]:
+    """Every tensor in obj, searching tuples, lists and dict values in order."""
+    if isinstance(obj, Tensor):
+        yield obj
+    elif isinstance(obj, (tuple, list, dict)):
+        for item in obj.values() if isinstance(obj, dict) else obj:
+            yield from _tensors(item)
+
+
 def first_tensor(obj: Any) -> Tensor | None:
     """The first tensor in obj, searching tuples, lists and dict values in order; None if there is none."""
-    if isinstance(obj, Tensor):
-        return obj
-    items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (tuple, list)) else ()
-    for item in items:
-        found = first_tensor(item)
-        if found is not None:
-            return found
-    return None
+    return next(_tensors(obj), None)
 
 
 def move(obj: Any, dev: torch.device) -> Any:
@@ -105,16 +107,10 @@ def follows_inputs(method: F) -> F:
         home = _model_device(self)
         given = first_tensor((args, kwargs))
         back = given.device if given is not None else torch.device("cpu")
-        if home is None or (home == back and all(_on(a, home) for a in (*args, *kwargs.values()))):
+        if home is None or (home == back and all(t.device == home for t in _tensors((args, kwargs)))):
             return method(self, *args, **kwargs)
         out = method(self, *move(args, home), **move(kwargs, home))
         return move(out, back)
 
     return wrapper  # type: ignore[return-value]
 
-
-def _on(obj: Any, dev: torch.device) -> bool:
-    if isinstance(obj, Tensor):
-        return obj.device == dev
-    items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (tuple, list)) else ()
-    return all(_on(v, dev) for v in items)

@@ -56,8 +56,7 @@ def judge_features(judge: nn.Module, images: Tensor, *, batch: int = 500) -> Ten
     if images.ndim != 4:
         raise ValueError(f"images must be (N, C, H, W) in [-1, 1], got shape {tuple(images.shape)}.")
     judge.eval()
-    device = next(judge.parameters()).device
-    return _batched(lambda x: judge.features(x.to(device)).double().cpu(), images, batch)
+    return _batched(lambda x: judge.features(x).double().cpu(), images, batch)  # the judge follows its inputs
 
 
 def judge_accuracy(judge: nn.Module, images: Tensor, labels, *, batch: int = 500) -> float:

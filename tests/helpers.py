@@ -1,4 +1,10 @@
 """Helpers shared by the tests (imported as ``from helpers import ...``; tests/ is on sys.path under pytest)."""
+import contextlib
+import functools
+import http.server
+import threading
+from pathlib import Path
+
 import torch
 
 from lessonlib.nets.unet import UNetConfig
@@ -13,3 +19,25 @@ def randomise(module: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torc
         for p in module.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * std)
     return module.eval()
+
+
+@contextlib.contextmanager
+def serve_folder(root: Path):
+    """A local HTTP server over ``root`` (standing in for the course's home); yields (base URL, requested paths)."""
+    hits: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            hits.append(self.path)
+            super().do_GET()
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/", hits
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -12,18 +12,16 @@ internet a download into the session's own cache.
 """
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import os
 import shutil
 import subprocess
 import sys
 import sysconfig
-import threading
 from pathlib import Path
 
 import pytest
+from helpers import serve_folder
 
 from lessonlib.home import home
 from lessonlib.paths import REPO_ROOT
@@ -88,21 +86,8 @@ def checkpoint_server(tmp_path):
     """The public home's raw files: a local HTTP server over a copy of data/checkpoints, counting requests."""
     root = tmp_path / "served"
     shutil.copytree(REPO_ROOT / "data" / "checkpoints", root)
-    hits: list[str] = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):
-            hits.append(self.path)
-            super().do_GET()
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/", hits
-    httpd.shutdown()
-    httpd.server_close()
+    with serve_folder(root) as served:
+        yield served
 
 
 def _install_cell(nb: dict) -> tuple[int, str]:

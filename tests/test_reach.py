@@ -1,12 +1,10 @@
 """Checkpoints after any install: not in a clone, the zoo fetches each file once from the course's home (here a
 local HTTP server standing in for it), verifies its sha256, caches it, and says clearly what to do when it can't."""
-import functools
-import http.server
 import shutil
-import threading
 
 import pytest
 import torch
+from helpers import serve_folder
 from safetensors.torch import load_file
 
 from lessonlib import zoo
@@ -20,22 +18,8 @@ def server(tmp_path):
     """Serves a folder on 127.0.0.1 and counts the requests it answers."""
     root = tmp_path / "served"
     root.mkdir()
-    hits = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):
-            hits.append(self.path)
-            super().do_GET()
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{httpd.server_address[1]}/", hits
-    httpd.shutdown()
-    httpd.server_close()
+    with serve_folder(root) as (url, hits):
+        yield root, url, hits
 
 
 @pytest.fixture
