@@ -147,15 +147,28 @@ def _fill(template: str, attributes, digit: str = "") -> str:
 
 
 def random_captions(labels: Tensor, words: dict[str, list[str]], *, generator: torch.Generator,
-                    templates=TRAIN_TEMPLATES, p_attribute: float = 0.5, p_digit: float = 1.0) -> list[str]:
+                    templates=TRAIN_TEMPLATES, p_attribute: float = 0.5, p_digit: float = 1.0,
+                    withhold_digit: int | None = None, withhold_pair: tuple[str, int] | None = None) -> list[str]:
     """A random caption per image: random template, word or numeral, each attribute kept with p_attribute.
 
     With ``p_digit < 1`` a caption with at least one attribute leaves the digit out with probability
     1 - p_digit ("a thin digit"); the default always names the digit (how mnist-clip was trained).
+    Two things can be kept out of every caption, for a real zero-shot test (lesson 05):
+    ``withhold_digit`` never names that digit, as a word or a numeral (its images get attribute-only
+    captions, all three attributes when none was drawn), and ``withhold_pair = (word, digit)`` never puts
+    that attribute word in a caption of that digit (the word is dropped from those captions).
     """
+    if withhold_digit is not None and withhold_digit not in range(10):
+        raise ValueError(f"withhold_digit must be a digit 0-9 or None, got {withhold_digit!r}.")
+    if withhold_pair is not None:
+        known = [w for ws in ATTRIBUTE_WORDS.values() for w in ws]
+        if len(withhold_pair) != 2 or withhold_pair[0] not in known or withhold_pair[1] not in range(10):
+            raise ValueError(f"withhold_pair must be (attribute word, digit), e.g. ('thick', 3), with a word from "
+                             f"{known}; got {withhold_pair!r}.")
     n = len(labels)
     no_digit = (torch.rand(n, generator=generator) >= p_digit).tolist() if p_digit < 1 else [False] * n
-    plain = torch.randint(0, len(ATTRIBUTE_ONLY_TEMPLATES), (n,), generator=generator).tolist() if p_digit < 1 else None
+    plain = (torch.randint(0, len(ATTRIBUTE_ONLY_TEMPLATES), (n,), generator=generator).tolist()
+             if p_digit < 1 or withhold_digit is not None else None)
     pick = torch.randint(0, len(templates), (n,), generator=generator).tolist()
     numeral = (torch.rand(n, generator=generator) < 0.5).tolist()
     keep = (torch.rand(n, len(ATTRIBUTES), generator=generator) < p_attribute).tolist()
@@ -163,7 +176,12 @@ def random_captions(labels: Tensor, words: dict[str, list[str]], *, generator: t
     out = []
     for i, y in enumerate(labels.tolist()):
         attrs = tuple(words[ATTRIBUTES[j]][i] for j in order[i] if keep[i][j])
-        if attrs and no_digit[i]:
+        if withhold_pair is not None and y == withhold_pair[1]:
+            attrs = tuple(word for word in attrs if word != withhold_pair[0])
+        if y == withhold_digit:
+            attrs = attrs or tuple(words[ATTRIBUTES[j]][i] for j in order[i])
+            out.append(_fill(ATTRIBUTE_ONLY_TEMPLATES[plain[i]], attrs))
+        elif attrs and no_digit[i]:
             out.append(_fill(ATTRIBUTE_ONLY_TEMPLATES[plain[i]], attrs))
         else:
             out.append(caption(y, template=templates[pick[i]], attributes=attrs, numeral=numeral[i]))

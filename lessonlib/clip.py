@@ -6,6 +6,7 @@ The models themselves live in :mod:`lessonlib.nets.clip` (:class:`SmallCLIP`, tr
 - :func:`contrastive_loss`: symmetric InfoNCE over the B x B image-text similarity matrix;
 - :func:`class_embeddings`, :func:`zero_shot`: classify by cosine similarity to prompts, with templates
   and prompt ensembling, at the learned or a chosen temperature;
+- :func:`attribute_auc`: does "a thick three" rank thick threes above thin ones (a compositional test);
 - :func:`load_pretrained`: an open_clip model by name and tag or a local file, decided in seconds offline.
 """
 from __future__ import annotations
@@ -20,10 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .metrics import auc_interval
 from .nets.clip import ClipModel, PretrainedCLIP
 
 __all__ = ["PretrainedUnavailable", "load_pretrained", "contrastive_loss", "class_embeddings", "image_features",
-           "zero_shot", "ZeroShot"]
+           "zero_shot", "ZeroShot", "attribute_auc"]
 
 
 class PretrainedUnavailable(RuntimeError):
@@ -143,3 +145,22 @@ def zero_shot(clip: ClipModel, images: Tensor, class_names, templates=("{}",), *
         raise ValueError(f"image features have {feats.shape[1]} dimensions, the text embeddings {classes.shape[1]}.")
     logits = scale.to(classes.device) * feats.to(classes.device) @ classes.T
     return ZeroShot(logits.cpu(), logits.argmax(1).cpu())
+
+
+@torch.no_grad()
+def attribute_auc(clip: ClipModel, feats: Tensor, words: list[str], class_name: str, low: str, high: str,
+                  templates=("{}",)) -> tuple[float, float]:
+    """AUC (and its 95% half-width) of ranking ``high`` images above ``low`` ones by text alone (lesson 05).
+
+    ``feats`` are unit image embeddings (N, D) of images of one class, ``words`` their measured attribute
+    words (N,). Each image scores cos(image, "{high} {class_name}") - cos(image, "{low} {class_name}")
+    (prompt-ensembled over ``templates``); the AUC compares images whose word is ``high`` with those whose
+    word is ``low``. 0.5: the text says nothing about the attribute; 1: a perfect ranking.
+    """
+    if feats.ndim != 2 or len(feats) != len(words):
+        raise ValueError(f"feats must be (N, D) with one word per image; got {tuple(feats.shape)} and {len(words)} words.")
+    hi, lo = class_embeddings(clip, [f"{high} {class_name}", f"{low} {class_name}"], templates)
+    score = (feats.to(hi.device) @ (hi - lo)).cpu()
+    is_high = torch.tensor([w == high for w in words])
+    is_low = torch.tensor([w == low for w in words])
+    return auc_interval(score[is_high], score[is_low])

@@ -18,7 +18,7 @@ from .captions import DIGIT_WORDS, zero_shot_templates
 from .clip import class_embeddings
 from .data import load_mnist
 from .guidance import batched_cfg, classifier_grad, grad_guidance, noisy_clip_grad
-from .metrics import class_diversity, fid_floor, fid_judge_interval, judge_accuracy
+from .metrics import class_diversity, fid_floor, fid_judge_interval, judge_accuracy, mean_ink
 from .samplers import sample_images
 from .schedules import NoiseSchedule
 from .types import NULL_CLASS, EpsFn
@@ -67,10 +67,11 @@ def frontier_methods(schedule: NoiseSchedule) -> dict[str, tuple[list[float], Ma
 
 def measure_frontier(*, n: int = 200, steps: int = 20, seed: int = 0, methods: list[str] | None = None,
                      scales: dict[str, list[float]] | None = None, default_scales: list[float] | None = None,
-                     progress: bool = False) -> tuple[list[dict], float]:
-    """One row per (method, scale): adherence, FID_judge, diversity, ms per image; plus the FID floor at n.
+                     clip_x0: bool = True, progress: bool = False) -> tuple[list[dict], float]:
+    """One row per (method, scale): adherence, FID_judge, diversity, mean ink, ms per image; plus the FID floor.
 
     ``scales`` overrides the scales of named methods; ``default_scales`` those of every other CFG method.
+    ``clip_x0`` is the series' static thresholding of x0_hat (on by default; lesson 09 measures both).
     """
     if n < 20 or n % 10:
         raise ValueError(f"n must be a multiple of 10 and at least 20 (10 classes), got {n}.")
@@ -93,12 +94,12 @@ def measure_frontier(*, n: int = 200, steps: int = 20, seed: int = 0, methods: l
             own = default_scales
         for s in own:
             start = time.perf_counter()
-            xs = sample_images(make(s, y), noise, schedule, steps=steps, progress=progress)
+            xs = sample_images(make(s, y), noise, schedule, steps=steps, clip_x0=clip_x0, progress=progress)
             seconds = time.perf_counter() - start
             ci = fid_judge_interval(judge, xs, ref)
             rows.append({"method": name, "scale": s, "adherence": judge_accuracy(judge, xs, y),
                          "fid_judge": ci.fid, "fid_interval": ci,
-                         "diversity": class_diversity(judge, xs, y),
+                         "diversity": class_diversity(judge, xs, y), "ink": mean_ink(xs),
                          "ms_per_image": 1000 * seconds / n})
     return rows, fid_floor(judge, test.images, n)
 
@@ -116,9 +117,9 @@ def best_points(rows: list[dict], *, min_adherence: float = 0.95) -> dict[str, d
 def format_frontier(rows: list[dict], floor: float, *, min_adherence: float = 0.95) -> str:
     """The frontier table and the best operating point of each method, as text."""
     lines = [f"{'method':30s} {'scale':>6s} {'adherence':>10s} {'FID_judge [95% interval]':>25s} {'diversity':>10s} "
-             f"{'ms/img':>7s}"]
+             f"{'ink':>6s} {'ms/img':>7s}"]
     lines += [f"{r['method']:30s} {r['scale']:6g} {r['adherence']:10.3f} {r['fid_interval']:>25.2f} "
-              f"{r['diversity']:10.2f} {r['ms_per_image']:7.1f}" for r in rows]
+              f"{r['diversity']:10.2f} {r['ink']:6.3f} {r['ms_per_image']:7.1f}" for r in rows]
     lines += ["", f"best operating point (lowest FID_judge with adherence >= {min_adherence}, else most adherent); "
                   f"FID floor {floor:.2f}"]
     lines += [f"{name:30s} s = {r['scale']:<5g} adherence {r['adherence']:.3f}  FID_judge {r['fid_interval']:.2f}  "

@@ -30,7 +30,7 @@ from .transforms import coarse_layout
 __all__ = ["energy_distance", "judge_features", "judge_accuracy", "frechet_distance", "fid_judge",
            "fid_floor", "FidInterval", "fid_judge_interval", "judge_predictions", "diversity",
            "class_diversity", "layout_iou", "CLASSIFIER_EVAL_T", "accuracy_by_t", "text_adherence",
-           "reference_agreement", "mean_interval"]
+           "reference_agreement", "mean_interval", "auc_interval", "mean_ink"]
 
 
 def energy_distance(a: Tensor, b: Tensor) -> float:
@@ -234,9 +234,33 @@ def reference_agreement(samples: Tensor, references: Tensor, labels, judge: nn.M
     return out
 
 
+def mean_ink(images: Tensor) -> float:
+    """Mean ink per pixel, (x + 1) / 2 averaged over images in [-1, 1]: over-guided digits get heavy strokes
+    and raise it above real digits' value (lessons 04, 09)."""
+    if not torch.is_tensor(images) or images.ndim != 4:
+        raise ValueError(f"images must be a (N, C, H, W) tensor in [-1, 1], got {getattr(images, 'shape', images)!r}.")
+    return float(((images.detach().float().cpu() + 1) / 2).mean())
+
+
 def mean_interval(values, z: float = 1.96) -> tuple[float, float]:
     """Mean of per-sample values and the half-width of its normal-approximation 95% interval, z std / sqrt(n)."""
     v = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
     if len(v) < 2:
         raise ValueError(f"need at least 2 values for an interval, got {len(v)}.")
     return float(v.mean()), float(z * v.std() / math.sqrt(len(v)))
+
+
+def auc_interval(positive, negative, z: float = 1.96) -> tuple[float, float]:
+    """ROC AUC, P(a positive scores above a negative; ties count half), and its 95% half-width (lesson 05).
+
+    The half-width is z times the Hanley-McNeil (1982) standard error. 0.5 is chance, 1 a perfect ranking.
+    """
+    pos = torch.as_tensor(positive, dtype=torch.float64).reshape(-1)
+    neg = torch.as_tensor(negative, dtype=torch.float64).reshape(-1)
+    if len(pos) < 2 or len(neg) < 2:
+        raise ValueError(f"need at least 2 positive and 2 negative scores, got {len(pos)} and {len(neg)}.")
+    diff = pos[:, None] - neg[None, :]
+    a = float((diff > 0).double().mean() + 0.5 * (diff == 0).double().mean())
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (len(pos) - 1) * (q1 - a * a) + (len(neg) - 1) * (q2 - a * a)) / (len(pos) * len(neg))
+    return a, float(z * math.sqrt(max(var, 0.0)))

@@ -41,12 +41,19 @@ def show_images(images: Tensor, *, nrow: int | None = None, ax=None, title: str 
     return ax
 
 
-def scatter_classes(ax, x: Tensor, labels: Tensor | None = None, *, s: float = 3, alpha: float = 0.5, **kwargs):
-    """Scatter 2-D points coloured by class (one colour when labels is None)."""
+def scatter_classes(ax, x: Tensor, labels: Tensor | None = None, *, s: float = 3, alpha: float = 0.5,
+                    legend: bool = False, **kwargs):
+    """Scatter 2-D points coloured by class (one colour when labels is None); ``legend`` names the classes."""
     x = x.detach().cpu().numpy()
     colors = "black" if labels is None else [CLASS_COLORS[int(k) % 10] for k in labels]
     ax.scatter(x[:, 0], x[:, 1], s=s, alpha=alpha, c=colors, linewidths=0, **kwargs)
     ax.set_aspect("equal")
+    if legend:
+        if labels is None:
+            raise ValueError("legend=True needs labels: a legend names the classes the colours stand for.")
+        handles = [plt.Line2D([], [], ls="", marker="o", color=CLASS_COLORS[k % 10], label=f"class {k}")
+                   for k in sorted(set(int(k) for k in labels))]
+        ax.legend(handles=handles, fontsize=7, loc="upper left", markerscale=1.2)
     return ax
 
 

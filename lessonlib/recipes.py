@@ -47,12 +47,18 @@ class Recipe:
     layout_cells: int = 7  # the ControlNet's hint: a layout_cells x layout_cells coarse ink layout
     p_attribute: float = 0.5  # text tasks: probability that a caption names each measured attribute
     p_digit: float = 1.0  # text tasks: probability that a caption names the digit
+    withhold_digit: int | None = None  # clip task: a digit no caption names (lesson 05's zero-shot test)
+    withhold_pair: tuple | None = None  # clip task: (attribute word, digit) never captioned together
 
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"recipe {self.name!r}: unknown task {self.task!r}; choose one of {TASKS}.")
         if self.task in ("text-diffusion", "noisy-clip") and not self.clip:
             raise ValueError(f"recipe {self.name!r}: a {self.task} recipe needs clip= (the frozen CLIP's zoo name).")
+        if self.withhold_pair is not None:
+            self.withhold_pair = tuple(self.withhold_pair)  # the manifest's JSON gives a list back
+        if (self.withhold_digit is not None or self.withhold_pair) and not (self.task == "clip" and self.dataset == "mnist"):
+            raise ValueError(f"recipe {self.name!r}: withhold_digit and withhold_pair apply to MNIST clip recipes only.")
         if self.task == "controlnet" and not self.base:
             raise ValueError(f"recipe {self.name!r}: a controlnet recipe needs base= (the frozen U-Net's zoo name).")
 
@@ -125,6 +131,12 @@ RECIPES.update({
         weight_decay=0.05, warmup=200,
         description="small CLIP from open_clip's CLIP class (ViT 7x7 patches, 3-layer text transformer, open_clip BPE "
                     "tokenizer) trained contrastively on MNIST with captions of measured digit, thickness, slant, size"),
+    "mnist-clip-withheld": Recipe(
+        "mnist-clip-withheld", "clip", "SmallCLIP", asdict(SmallCLIPConfig()), steps=4000, batch_size=256, lr=1e-3,
+        weight_decay=0.05, warmup=200, p_digit=0.7, withhold_digit=7, withhold_pair=("thick", 3),
+        description="the mnist-clip recipe with two things no caption ever says (lesson 05's real zero-shot test): "
+                    "the digit seven (word or numeral; sevens get attribute-only captions, as do 30% of other "
+                    "digits) and the word thick with the digit three"),
     "cifar10-clip": Recipe(
         "cifar10-clip", "clip", "SmallCLIP", asdict(SmallCLIPConfig(in_channels=3, image_size=32, patch_size=8)),
         steps=4500, batch_size=256, lr=1e-3, weight_decay=0.05, warmup=200, dataset="cifar10",

@@ -119,6 +119,9 @@ def sample(eps_fn: EpsFn, x_T: Tensor, schedule: NoiseSchedule, *,
            clip_x0: bool = False, callback: Callable[[Step], None] | None = None, progress: bool = True) -> Tensor:
     """Run the sampler from x_T to a clean sample; ``callback(step)`` sees every :class:`Step` (lesson 02).
 
+    Does exactly the update equations unless ``clip_x0=True``: it also samples lesson 01's unbounded 2-D toy.
+    For images use :func:`sample_images`, whose default clips x0_hat (the series' one default).
+
     Runs without autograd; guidance that needs gradients enables them inside its own eps-function.
     """
     x = x_T

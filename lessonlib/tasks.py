@@ -25,15 +25,17 @@ from torch import Tensor, nn
 
 from . import zoo
 from .captions import (
+    ATTRIBUTE_WORDS,
     CIFAR_HELD_OUT_TEMPLATES,
     CIFAR_TRAIN_TEMPLATES,
     DIGIT_WORDS,
     class_captions,
     fit_bins,
+    measure,
     text_eval_prompts,
     zero_shot_templates,
 )
-from .clip import class_embeddings, zero_shot
+from .clip import attribute_auc, class_embeddings, image_features, zero_shot
 from .data import ImageSet, load_digits28
 from .guidance import batched_cfg
 from .metrics import accuracy_by_t, fid_floor, fid_judge, judge_accuracy, layout_iou, text_adherence
@@ -103,7 +105,10 @@ def _clip_loss(ctx: Context, model: nn.Module, train: ImageSet, gen: torch.Gener
     sets get class-name captions."""
     if ctx.recipe.dataset == "mnist":
         model.set_bins(fit_bins(train.images))
-        captions = digit_caption_fn(train.images, train.labels, model.bins, generator=gen)
+        r = ctx.recipe
+        withheld = {"withhold_digit": r.withhold_digit, "withhold_pair": r.withhold_pair}
+        captions = digit_caption_fn(train.images, train.labels, model.bins, generator=gen, p_attribute=r.p_attribute,
+                                    p_digit=r.p_digit, **{k: v for k, v in withheld.items() if v is not None})
     else:
         captions = lambda idx: class_captions(train.labels[idx], train.classes, generator=gen)  # noqa: E731
     return clip_loss_fn(train.images, batch_size=ctx.recipe.batch_size, generator=gen, caption_fn=captions)
@@ -148,13 +153,34 @@ def _eval_clip(ctx: Context, model: nn.Module, test: ImageSet) -> dict:
                                                        CIFAR_TRAIN_TEMPLATES).accuracy(test.labels),
                 "test_images": len(test)}
     digits, held_out = load_digits28(), zero_shot_templates(held_out=True)
-    return {"zero_shot_held_out": zero_shot(model, test.images, DIGIT_WORDS, held_out).accuracy(test.labels),
+    return {**_eval_withheld(ctx, model, test, held_out),
+            "zero_shot_held_out": zero_shot(model, test.images, DIGIT_WORDS, held_out).accuracy(test.labels),
             "zero_shot_train_templates": zero_shot(model, test.images, DIGIT_WORDS,
                                                    zero_shot_templates(held_out=False)).accuracy(test.labels),
             "zero_shot_numerals": zero_shot(model, test.images, [str(d) for d in range(10)],
                                             held_out).accuracy(test.labels),
             "transfer_digits28": zero_shot(model, digits.images, DIGIT_WORDS, held_out).accuracy(digits.labels),
             "test_images": len(test), "transfer_images": len(digits)}
+
+
+def _eval_withheld(ctx: Context, model: nn.Module, test: ImageSet, templates) -> dict:
+    """What a CLIP never read in its captions: zero-shot accuracy on the withheld digit and on the others,
+    and the AUC of ranking the withheld (word, digit) pair's attribute by text (lesson 05)."""
+    r, out = ctx.recipe, {}
+    if r.withhold_digit is not None:
+        pred = zero_shot(model, test.images, DIGIT_WORDS, templates).pred
+        mine = test.labels == r.withhold_digit
+        out["zero_shot_withheld_digit"] = float((pred[mine] == r.withhold_digit).float().mean())
+        out["zero_shot_other_digits"] = float((pred[~mine] == test.labels[~mine]).float().mean())
+    if r.withhold_pair:
+        word, digit = r.withhold_pair
+        attribute = next(a for a, ws in ATTRIBUTE_WORDS.items() if word in ws)
+        low = next(w for w in (ATTRIBUTE_WORDS[attribute][0], ATTRIBUTE_WORDS[attribute][-1]) if w != word)
+        mine = test.images[test.labels == digit]
+        words = model.bins.words(measure(mine))[attribute]
+        auc, half = attribute_auc(model, image_features(model, mine), words, DIGIT_WORDS[digit], low, word, templates)
+        out["withheld_pair_auc"] = [auc, half]
+    return out
 
 
 def _eval_noisy_clip(ctx: Context, model: nn.Module, test: ImageSet) -> dict:

@@ -81,6 +81,25 @@ def test_random_captions_are_seeded_and_name_the_digit():
         assert C.DIGIT_WORDS[d] in text.split() or str(d) in text.split()
 
 
+def test_withheld_digit_and_pair_never_appear_in_captions():
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(2000) % 10
+    words = {a: [C.ATTRIBUTE_WORDS[a][i % len(C.ATTRIBUTE_WORDS[a])] for i in range(2000)] for a in C.ATTRIBUTES}
+    texts = C.random_captions(labels, words, generator=gen, p_digit=0.7, withhold_digit=7, withhold_pair=("thick", 3))
+    by_digit = {d: [t.split() for t, y in zip(texts, labels.tolist()) if y == d] for d in range(10)}
+    assert not any({"seven", "7"} & set(t) for ts in by_digit.values() for t in ts)   # the word, in any caption
+    assert all(t for t in by_digit[7])                                                  # sevens still get captions
+    assert not any("thick" in t for t in by_digit[3])
+    assert any("thick" in t for t in by_digit[5]) and any("three" in t or "3" in t for t in by_digit[3])
+    # without withholding, the same words do appear
+    plain = C.random_captions(labels, words, generator=torch.Generator().manual_seed(0), p_digit=0.7)
+    assert any("seven" in t.split() or "7" in t.split() for t in plain)
+    with pytest.raises(ValueError, match="withhold_pair"):
+        C.random_captions(labels, words, generator=gen, withhold_pair=("heavy", 3))
+    with pytest.raises(ValueError, match="withhold_digit"):
+        C.random_captions(labels, words, generator=gen, withhold_digit=10)
+
+
 def test_held_out_templates_are_never_training_templates():
     assert len(C.TRAIN_TEMPLATES) >= 10 and len(C.HELD_OUT_TEMPLATES) >= 3
     assert not set(C.TRAIN_TEMPLATES) & set(C.HELD_OUT_TEMPLATES)

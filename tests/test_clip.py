@@ -165,3 +165,21 @@ def test_clean_clip_grad_matches_finite_differences_through_x0_hat():
         torch.testing.assert_close((g * v).sum((1, 2, 3)), numeric, rtol=1e-5, atol=1e-8)
 
 
+
+
+class _WordClip:
+    """A stand-in CLIP whose text embedding is [1, 0] for "thick" prompts and [0, 1] otherwise."""
+
+    def encode_text(self, texts):
+        return torch.tensor([[1.0, 0.0] if "thick" in t else [0.0, 1.0] for t in texts])
+
+
+def test_attribute_auc_ranks_by_the_text_direction_and_checks_its_input():
+    feats = torch.tensor([[1.0, 0.0]] * 5 + [[0.0, 1.0]] * 5)
+    words = ["thick"] * 5 + ["thin"] * 5
+    auc, half = C.attribute_auc(_WordClip(), feats, words, "three", "thin", "thick")
+    assert auc == 1.0 and half < 0.2
+    swapped, _ = C.attribute_auc(_WordClip(), feats.flip(0), words, "three", "thin", "thick")
+    assert swapped == 0.0
+    with pytest.raises(ValueError, match="one word per image"):
+        C.attribute_auc(_WordClip(), feats, words[:3], "three", "thin", "thick")

@@ -70,3 +70,29 @@ def test_the_fid_interval_brackets_the_value_shrinks_with_n_and_separates_only_r
         fid_judge_interval(judge, real(10), real(10), n_boot=2)
     with pytest.raises(ValueError, match="z > 0"):
         fid_judge_interval(judge, real(10), real(10), z=0)
+
+
+def test_auc_interval_on_constructed_cases():
+    from lessonlib.metrics import auc_interval
+
+    assert auc_interval([2, 3, 4], [0, 1])[0] == 1.0 and auc_interval([0, 1], [2, 3, 4])[0] == 0.0
+    assert auc_interval([1, 1], [1, 1])[0] == 0.5                                   # ties count half
+    g = torch.Generator().manual_seed(0)
+    same, half = auc_interval(torch.randn(400, generator=g), torch.randn(400, generator=g))
+    assert abs(same - 0.5) < half < 0.1                                              # chance, inside its interval
+    shifted, _ = auc_interval(torch.randn(400, generator=g) + 1, torch.randn(400, generator=g))
+    assert shifted > 0.5 + 2 * half and abs(shifted - 0.760) < 0.06                 # d' = 1: Phi(1 / sqrt 2) = 0.760
+    assert auc_interval(torch.randn(40, generator=g), torch.randn(40, generator=g))[1] > half   # fewer, wider
+    with pytest.raises(ValueError, match="at least 2"):
+        auc_interval([1.0], [0.0, 1.0])
+
+
+def test_mean_ink_is_the_inked_share_and_checks_shapes():
+    from lessonlib.metrics import mean_ink
+
+    assert mean_ink(-torch.ones(2, 1, 4, 4)) == 0.0 and mean_ink(torch.ones(2, 1, 4, 4)) == 1.0
+    half = -torch.ones(1, 1, 4, 4)
+    half[..., :2] = 1
+    assert mean_ink(half) == 0.5
+    with pytest.raises(ValueError, match="N, C, H, W"):
+        mean_ink(torch.zeros(4, 4))

@@ -2,7 +2,7 @@ import pytest
 import torch
 from helpers import randomise
 
-from lessonlib.nets.unet import UNet, UNetConfig
+from lessonlib.nets.unet import ResBlock, UNet, UNetConfig, describe_unet
 from lessonlib.samplers import sample
 from lessonlib.schedules import linear_schedule
 
@@ -126,3 +126,17 @@ def test_a_config_and_overrides_together_are_refused():
     with pytest.raises(ValueError, match="not both"):
         JudgeNet(JudgeConfig(), width=8)
     assert UNet(base_channels=8, channel_mults=(1, 2), groups=4).config.base_channels == 8
+
+
+def test_describe_unet_traces_every_layer_and_counts_skip_channels():
+    net = UNet(base_channels=16, channel_mults=(1, 2), attention_resolutions=(7,), num_classes=10, patch_size=2)
+    text = describe_unet(net, torch.randn(2, 1, 28, 28), torch.full((2,), 10), torch.tensor([1, 2]))
+    rows = [line for line in text.splitlines() if line.split(" ")[0].split(".")[0] in ("inp", "down", "mid", "up", "out")]
+    resblocks = sum(isinstance(m, ResBlock) for m in net.modules())
+    assert sum("ResBlock" in r for r in rows) == resblocks
+    assert rows[0].startswith("inp") and rows[-1].startswith("out") and "class_emb(y)" in text
+    # every decoder ResBlock's input = the features from below + one skip, whose channels the encoder produced
+    skips = [int(r.split(" from below + ")[1].split(" ")[0]) for r in rows if "from a skip" in r]
+    assert sorted(skips) == sorted(net.skip_channels()[:-1])
+    with pytest.raises(ValueError, match="lessonlib UNet"):
+        describe_unet(torch.nn.Linear(2, 2), torch.randn(2, 2), torch.zeros(2))

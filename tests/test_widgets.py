@@ -6,7 +6,7 @@ matplotlib.use("Agg")
 import ipywidgets as W  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 
-from lessonlib.plotting import image_grid, to_png  # noqa: E402
+from lessonlib.plotting import image_grid, scatter_classes, to_png  # noqa: E402
 from lessonlib.widgets import SliderPanel, log_scale_slider, scale_slider  # noqa: E402
 
 
@@ -86,3 +86,12 @@ def test_the_log_slider_spans_decades_and_refuses_zero():
     assert slider.value == pytest.approx(1000.0)
     with pytest.raises(ValueError, match="scale 0"):
         log_scale_slider(0.0, min=0.0)
+
+
+def test_scatter_classes_legend_names_the_classes_present_and_needs_labels():
+    fig, ax = plt.subplots()
+    scatter_classes(ax, torch.randn(30, 2), torch.tensor([0, 2] * 15), legend=True)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["class 0", "class 2"]
+    with pytest.raises(ValueError, match="needs labels"):
+        scatter_classes(ax, torch.randn(3, 2), legend=True)
+    plt.close(fig)

@@ -1,5 +1,5 @@
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import pytest
 import torch
@@ -162,3 +162,10 @@ def test_bench_command_line_rejects_unknown_benchmarks(capsys):
     with pytest.raises(SystemExit):
         main(["everything"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_withholding_is_for_mnist_clip_recipes_and_reads_back_from_json():
+    with pytest.raises(ValueError, match="MNIST clip recipes only"):
+        replace(RECIPES["mnist-uncond"], withhold_digit=7)
+    recipe = Recipe.from_dict(json.loads(json.dumps(asdict(RECIPES["mnist-clip-withheld"]))))
+    assert recipe == RECIPES["mnist-clip-withheld"] and recipe.withhold_pair == ("thick", 3)

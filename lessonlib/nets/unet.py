@@ -28,7 +28,8 @@ from ..types import NULL_CLASS
 from .config import resolve_config
 from .embedding import TimeMLP
 
-__all__ = ["UNetConfig", "UNet", "ResBlock", "SelfAttention", "CrossAttention", "INJECTIONS", "zero_init"]
+__all__ = ["UNetConfig", "UNet", "ResBlock", "SelfAttention", "CrossAttention", "INJECTIONS", "zero_init",
+           "describe_unet"]
 
 INJECTIONS = ("film", "concat", "adaln_zero")
 CONCAT_CHANNELS = 8  # width of the learned class maps concatenated to the input (class_injection="concat")
@@ -319,3 +320,60 @@ class UNet(nn.Module):
         for attn in layer[1:]:
             h = attn(h, *ctx) if isinstance(attn, CrossAttention) else attn(h)
         return h
+
+
+@torch.no_grad()
+def describe_unet(unet: UNet, x: Tensor, t: Tensor, cond=None) -> str:
+    """One forward pass traced layer by layer: what each layer does and the feature shapes (lessons 02, 07).
+
+    Rows follow the order of computation; decoder rows say how many channels came through a skip
+    connection (concatenated with the features from below). The header says where time and the
+    condition enter.
+    """
+    if not isinstance(unet, UNet):
+        raise ValueError(f"describe_unet takes a lessonlib UNet, got {type(unet).__name__}.")
+    cfg, rows, hooks = unet.config, [], []
+    injection = {"film": "scale and shift (FiLM)", "adaln_zero": "scale, shift and a zero-initialised gate (adaLN-Zero)",
+                 "concat": "scale and shift (FiLM); the class also enters as extra input channels"}[cfg.class_injection]
+
+    def kind(name: str, m: nn.Module) -> str:
+        if isinstance(m, ResBlock):
+            return "ResBlock: 2 convs, emb in between, + input"
+        if isinstance(m, SelfAttention):
+            return "self-attention over positions"
+        if isinstance(m, CrossAttention):
+            return "cross-attention to the text tokens"
+        if name == "inp":
+            return f"stem: {cfg.patch_size}x{cfg.patch_size} patches, 3x3 conv" if cfg.patch_size > 1 else "stem: 3x3 conv"
+        if name == "out":
+            return "head: norm, SiLU, 3x3 conv" + (", back to pixels" if cfg.patch_size > 1 else "")
+        return "downsample: conv, stride 2" if isinstance(m, nn.Conv2d) else "upsample: x2, conv"
+
+    def watch(name: str, m: nn.Module):
+        def hook(module, args, out):
+            rows.append((name, kind(name, module), tuple(args[0].shape[1:]), tuple(out.shape[1:])))
+        hooks.append(m.register_forward_hook(hook))
+
+    for name, m in unet.named_modules():
+        top = name.split(".")[0]
+        samplers = top in ("down", "up") and name.count(".") == 1 and not isinstance(m, nn.ModuleList)
+        if isinstance(m, (ResBlock, SelfAttention, CrossAttention)) or name in ("inp", "out") or samplers:
+            watch(name, m)
+    try:
+        eps = unet(x, t, cond)
+    finally:
+        for h in hooks:
+            h.remove()
+    emb = 4 * cfg.base_channels
+    lines = ["emb = time_mlp(t)" + (" + class_emb(y)" if unet.class_emb is not None else "")
+             + (" + vec_proj(text)" if cfg.cond_dim else "") + f": one {emb}-d vector per image, fed to every ResBlock "
+             f"as {injection}", f"input x_t {tuple(x.shape[1:])}"]
+    previous = None
+    for name, what, shape_in, shape_out in rows:
+        note = ""
+        if name.startswith("up.") and isinstance(previous, tuple) and shape_in[0] > previous[0] and "ResBlock" in what:
+            note = f" {previous[0]} from below + {shape_in[0] - previous[0]} from a skip"
+        lines.append(f"{name:9s} {what:42s} {str(shape_in):>13s} -> {str(shape_out):13s}{note}".rstrip())
+        previous = shape_out
+    lines.append(f"output eps_hat {tuple(eps.shape[1:])}: the same shape as x_t")
+    return "\n".join(lines)
