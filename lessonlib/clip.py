@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .metrics import auc_interval
 from .nets.clip import ClipModel, PretrainedCLIP
+from .stats import auc_interval
 
 __all__ = ["PretrainedUnavailable", "load_pretrained", "contrastive_loss", "class_embeddings", "image_features",
            "zero_shot", "ZeroShot", "attribute_auc"]

@@ -14,7 +14,6 @@
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
@@ -25,6 +24,7 @@ from torch import Tensor, nn
 from .captions import ATTRIBUTE_WORDS, AttributeBins, measure
 from .diffusion import q_sample
 from .schedules import NoiseSchedule
+from .stats import auc_interval, mean_interval
 from .transforms import coarse_layout
 
 __all__ = ["energy_distance", "judge_features", "judge_accuracy", "frechet_distance", "fid_judge",
@@ -62,7 +62,8 @@ def judge_features(judge: nn.Module, images: Tensor, *, batch: int = 500) -> Ten
 def judge_accuracy(judge: nn.Module, images: Tensor, labels, *, batch: int = 500) -> float:
     """Share of images that the judge assigns to the requested class (class adherence) (lesson 02)."""
     labels = torch.as_tensor(labels).reshape(-1).expand(len(images)).cpu()
-    return float((judge_predictions(judge, images, batch=batch) == labels).float().mean())
+    hits = int((judge_predictions(judge, images, batch=batch) == labels).sum())
+    return hits / len(images)  # exact in double precision: 95 of 100 is 0.95, not float32's 0.9499999
 
 
 def judge_predictions(judge: nn.Module, images: Tensor, *, batch: int = 500) -> Tensor:
@@ -240,27 +241,3 @@ def mean_ink(images: Tensor) -> float:
     if not torch.is_tensor(images) or images.ndim != 4:
         raise ValueError(f"images must be a (N, C, H, W) tensor in [-1, 1], got {getattr(images, 'shape', images)!r}.")
     return float(((images.detach().float().cpu() + 1) / 2).mean())
-
-
-def mean_interval(values, z: float = 1.96) -> tuple[float, float]:
-    """Mean of per-sample values and the half-width of its normal-approximation 95% interval, z std / sqrt(n)."""
-    v = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
-    if len(v) < 2:
-        raise ValueError(f"need at least 2 values for an interval, got {len(v)}.")
-    return float(v.mean()), float(z * v.std() / math.sqrt(len(v)))
-
-
-def auc_interval(positive, negative, z: float = 1.96) -> tuple[float, float]:
-    """ROC AUC, P(a positive scores above a negative; ties count half), and its 95% half-width (lesson 05).
-
-    The half-width is z times the Hanley-McNeil (1982) standard error. 0.5 is chance, 1 a perfect ranking.
-    """
-    pos = torch.as_tensor(positive, dtype=torch.float64).reshape(-1)
-    neg = torch.as_tensor(negative, dtype=torch.float64).reshape(-1)
-    if len(pos) < 2 or len(neg) < 2:
-        raise ValueError(f"need at least 2 positive and 2 negative scores, got {len(pos)} and {len(neg)}.")
-    diff = pos[:, None] - neg[None, :]
-    a = float((diff > 0).double().mean() + 0.5 * (diff == 0).double().mean())
-    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
-    var = (a * (1 - a) + (len(pos) - 1) * (q1 - a * a) + (len(neg) - 1) * (q2 - a * a)) / (len(pos) * len(neg))
-    return a, float(z * math.sqrt(max(var, 0.0)))

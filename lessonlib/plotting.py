@@ -42,8 +42,12 @@ def show_images(images: Tensor, *, nrow: int | None = None, ax=None, title: str 
 
 
 def scatter_classes(ax, x: Tensor, labels: Tensor | None = None, *, s: float = 3, alpha: float = 0.5,
-                    legend: bool = False, **kwargs):
-    """Scatter 2-D points coloured by class (one colour when labels is None); ``legend`` names the classes."""
+                    legend: bool | str = False, **kwargs):
+    """Scatter 2-D points coloured by class (one colour when labels is None).
+
+    ``legend=True`` names the classes; a string also titles the legend (e.g. "most likely class" when the
+    colours are a classifier's verdict rather than the true labels).
+    """
     x = x.detach().cpu().numpy()
     colors = "black" if labels is None else [CLASS_COLORS[int(k) % 10] for k in labels]
     ax.scatter(x[:, 0], x[:, 1], s=s, alpha=alpha, c=colors, linewidths=0, **kwargs)
@@ -53,7 +57,8 @@ def scatter_classes(ax, x: Tensor, labels: Tensor | None = None, *, s: float = 3
             raise ValueError("legend=True needs labels: a legend names the classes the colours stand for.")
         handles = [plt.Line2D([], [], ls="", marker="o", color=CLASS_COLORS[k % 10], label=f"class {k}")
                    for k in sorted(set(int(k) for k in labels))]
-        ax.legend(handles=handles, fontsize=7, loc="upper left", markerscale=1.2)
+        ax.legend(handles=handles, fontsize=7, loc="upper left", markerscale=1.2,
+                  title=legend if isinstance(legend, str) else None, title_fontsize=7)
     return ax
 
 

@@ -24,7 +24,7 @@ _BADGE = re.compile(r"^\[!\[Open In Colab\]\(.*$", re.M)
 def install_cell_source(where: Home) -> str:
     """The Colab-only install cell: pip-installs lessonlib from the home at its pinned ref."""
     return ("# Colab only: install the course package (skipped locally and under nbval).\n"
-            "import sys\n"
+            "import sys\n\n"
             'if "google.colab" in sys.modules:\n'
             f'    %pip install -q "{where.pip_requirement()}"')
 

@@ -7,17 +7,18 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
+from .flow import LinearPath, make_path
 from .nets.classifier import JudgeConfig, NoisyClassifierConfig
 from .nets.clip import SmallCLIPConfig
 from .nets.controlnet import ControlNetConfig
 from .nets.unet import UNetConfig
-from .schedules import NoiseSchedule, make_schedule
+from .schedules import NoiseSchedule
 
 __all__ = ["Recipe", "RECIPES", "TASKS"]
 
 
 TASKS = ("diffusion", "text-diffusion", "controlnet", "judge", "noisy-classifier", "clean-classifier", "clip",
-         "noisy-clip")  # what each means: lessonlib.tasks.TASKS
+         "noisy-clip", "flow")  # what each means: lessonlib.tasks.TASKS
 _RENAMED = {"cells": "layout_cells"}  # manifest entries written before 0.2 kept these in an untyped ``extra`` dict
 
 
@@ -59,12 +60,15 @@ class Recipe:
             self.withhold_pair = tuple(self.withhold_pair)  # the manifest's JSON gives a list back
         if (self.withhold_digit is not None or self.withhold_pair) and not (self.task == "clip" and self.dataset == "mnist"):
             raise ValueError(f"recipe {self.name!r}: withhold_digit and withhold_pair apply to MNIST clip recipes only.")
+        if (self.task == "flow") != (self.schedule == "linear-flow"):
+            raise ValueError(f"recipe {self.name!r}: a flow recipe trains on schedule='linear-flow', and only a flow "
+                             f"recipe does (task {self.task!r}, schedule {self.schedule!r}).")
         if self.task == "controlnet" and not self.base:
             raise ValueError(f"recipe {self.name!r}: a controlnet recipe needs base= (the frozen U-Net's zoo name).")
 
-    def noise_schedule(self) -> NoiseSchedule:
-        """The noise schedule this recipe trains with (and its checkpoint samples with)."""
-        return make_schedule(self.schedule, self.T)
+    def noise_schedule(self) -> NoiseSchedule | LinearPath:
+        """The noise schedule this recipe trains with (and its checkpoint samples with); flow.LINEAR for flows."""
+        return make_path(self.schedule, self.T)
 
     @classmethod
     def from_dict(cls, values: dict) -> "Recipe":
@@ -96,6 +100,11 @@ RECIPES: dict[str, Recipe] = {
         steps=4500, batch_size=64, lr=2e-3, ema_decay=0.999, warmup=200, p_uncond=0.1,
         description="class-conditional MNIST eps-model for classifier-free guidance: the mnist-uncond U-Net plus a "
                     "class embedding with a learned null class, labels dropped to null with p_uncond = 0.1"),
+    "mnist-flow-cfg": Recipe(
+        "mnist-flow-cfg", "flow", "UNet", asdict(replace(_MNIST_UNET, num_classes=10, prediction="velocity")),
+        steps=4500, batch_size=64, lr=2e-3, ema_decay=0.999, warmup=200, p_uncond=0.1, schedule="linear-flow",
+        description="class-conditional rectified-flow MNIST model (lesson 12): the mnist-cfg U-Net and budget, trained "
+                    "on the velocity eps - x0 of x_t = (1 - t) x0 + t eps with logit-normal t and label dropout 0.1"),
     "mnist-noisy-classifier": Recipe(
         "mnist-noisy-classifier", "noisy-classifier", "NoisyClassifier", asdict(NoisyClassifierConfig()),
         steps=6000, batch_size=128, lr=2e-3, weight_decay=1e-4, warmup=100,

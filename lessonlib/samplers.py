@@ -21,8 +21,9 @@ import torch
 from torch import Tensor
 
 from .diffusion import abar_at_prev, eps_from_x0, posterior_mean_variance, step_timesteps, x0_from_eps
+from .flow import ODE_METHODS, ode_sample
 from .progress import progress_bar
-from .schedules import NoiseSchedule
+from .schedules import NoiseSchedule, timestep_sequence
 from .types import EpsFn
 
 __all__ = ["Step", "timestep_sequence", "ddim_step", "ddpm_step", "sample", "sample_steps", "sample_images",
@@ -44,16 +45,6 @@ def noise_like(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Standard normal noise shaped like x, drawn on the generator's device so seeds reproduce."""
     device = generator.device if generator is not None else x.device
     return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
-
-
-def timestep_sequence(T: int, steps: int | None = None) -> Tensor:
-    """Descending timesteps: ``steps`` values evenly spaced over 0..T-1, both ends included (lesson 02)."""
-    steps = T if steps is None else steps
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
-        raise ValueError(f"steps must be an integer from 1 to T={T}, got {steps!r}.")
-    if steps == 1:
-        return torch.tensor([T - 1])
-    return torch.linspace(0, T - 1, steps, dtype=torch.float64).round().long().flip(0)
 
 
 def _predict_x0(schedule, x_t, t, eps, clip_x0: bool):
@@ -96,7 +87,11 @@ def sample_steps(eps_fn: EpsFn, x_T: Tensor, schedule: NoiseSchedule, *,
                  clip_x0: bool = False, progress: bool = True):
     """Yield a :class:`Step` per sampling step from x_T down to the clean image (lesson 02)."""
     if method not in _STEPPERS:
-        raise ValueError(f"unknown sampler {method!r}; choose 'ddim' or 'ddpm'.")
+        raise ValueError(f"unknown sampler {method!r}; sample_steps runs 'ddim' or 'ddpm' (sample and sample_images "
+                         f"also run the ODE methods {ODE_METHODS}).")
+    if not isinstance(schedule, NoiseSchedule):
+        raise ValueError(f"DDIM and DDPM need the eps-model's NoiseSchedule, got {type(schedule).__name__}; a velocity "
+                         "model on flow.LINEAR samples with method='euler' or 'heun'.")
     if not torch.is_tensor(x_T) or not x_T.is_floating_point() or x_T.ndim < 2:
         raise ValueError("x_T must be a floating-point tensor of shape (B, ...), e.g. torch.randn(B, 1, 28, 28).")
     options = {"eta": eta} if method == "ddim" else {}
@@ -123,7 +118,15 @@ def sample(eps_fn: EpsFn, x_T: Tensor, schedule: NoiseSchedule, *,
     For images use :func:`sample_images`, whose default clips x0_hat (the series' one default).
 
     Runs without autograd; guidance that needs gradients enables them inside its own eps-function.
+    ``method="euler"`` or ``"heun"`` integrates the probability-flow ODE instead (:func:`lessonlib.flow.ode_sample`):
+    for an eps-function with its schedule, or a velocity function with ``schedule=flow.LINEAR`` (lesson 12).
     """
+    if method in ODE_METHODS:
+        if callback is not None or eta:
+            raise ValueError(f"method={method!r} takes no callback and no eta (they belong to DDIM and DDPM).")
+        if steps is None:
+            raise ValueError(f"method={method!r} needs steps= (the number of ODE steps).")
+        return ode_sample(eps_fn, x_T, schedule, steps=steps, method=method, clip_x0=clip_x0)
     x = x_T
     with torch.no_grad():
         for step in sample_steps(eps_fn, x_T, schedule, steps=steps, method=method, eta=eta, generator=generator,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["NoiseSchedule", "linear_schedule", "cosine_schedule", "make_schedule"]
+__all__ = ["NoiseSchedule", "linear_schedule", "cosine_schedule", "make_schedule", "timestep_sequence"]
 
 
 TABLES = ("betas", "alphas", "abar", "abar_prev")  # what NoiseSchedule.at can index
@@ -129,3 +129,13 @@ def make_schedule(name: str = "linear", T: int = 1000) -> NoiseSchedule:
     if name not in makers:
         raise ValueError(f"unknown schedule {name!r}; choose one of {sorted(makers)}.")
     return makers[name](T)
+
+
+def timestep_sequence(T: int, steps: int | None = None) -> Tensor:
+    """Descending timesteps: ``steps`` values evenly spaced over 0..T-1, both ends included (lesson 02)."""
+    steps = T if steps is None else steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
+        raise ValueError(f"steps must be an integer from 1 to T={T}, got {steps!r}.")
+    if steps == 1:
+        return torch.tensor([T - 1])
+    return torch.linspace(0, T - 1, steps, dtype=torch.float64).round().long().flip(0)

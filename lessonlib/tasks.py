@@ -43,7 +43,14 @@ from .nets.conditions import null_condition, text_condition
 from .recipes import Recipe
 from .samplers import sample_images
 from .schedules import NoiseSchedule
-from .training import classifier_loss_fn, clip_loss_fn, diffusion_loss_fn, digit_caption_fn, text_diffusion_loss_fn
+from .training import (
+    classifier_loss_fn,
+    clip_loss_fn,
+    diffusion_loss_fn,
+    digit_caption_fn,
+    flow_loss_fn,
+    text_diffusion_loss_fn,
+)
 from .transforms import coarse_layout
 from .types import NULL_CLASS, LossFn
 
@@ -91,6 +98,11 @@ def _classifier_loss(kind: str):
 def _diffusion_loss(ctx: Context, model: nn.Module, train: ImageSet, gen: torch.Generator) -> LossFn:
     return diffusion_loss_fn(train.images, train.labels, ctx.schedule, batch_size=ctx.recipe.batch_size,
                              conditional=bool(model.config.num_classes), p_uncond=ctx.recipe.p_uncond, generator=gen)
+
+
+def _flow_loss(ctx: Context, model: nn.Module, train: ImageSet, gen: torch.Generator) -> LossFn:
+    return flow_loss_fn(train.images, train.labels, batch_size=ctx.recipe.batch_size, p_uncond=ctx.recipe.p_uncond,
+                        generator=gen)
 
 
 def _controlnet_loss(ctx: Context, model: nn.Module, train: ImageSet, gen: torch.Generator) -> LossFn:
@@ -207,7 +219,8 @@ def _judge_or_note(ctx: Context) -> nn.Module | dict:
 
 
 def _eval_diffusion(ctx: Context, model: nn.Module, test: ImageSet) -> dict:
-    """Unconditional: FID_judge of DDIM-50 samples. Class-conditional: FID_judge and adherence at s = 0, 1, 3."""
+    """Unconditional: FID_judge of DDIM-50 samples. Class-conditional: FID_judge and adherence at s = 0, 1, 3
+    with DDIM-25, or Euler-25 for a flow-matching (velocity) model."""
     judge = _judge_or_note(ctx)
     if isinstance(judge, dict):
         return judge
@@ -219,10 +232,11 @@ def _eval_diffusion(ctx: Context, model: nn.Module, test: ImageSet) -> dict:
         xs = sample_images(lambda x, t: model(x, t), n, ctx.schedule, steps=50, shape=shape, progress=ctx.progress)
         return {"fid_judge_ddim50": fid_judge(judge, xs, ref), "fid_floor": floor, "n": n}
     y = torch.arange(n) % c.num_classes
-    out = {"fid_floor": floor, "n": n, "sampler": "ddim-25"}
+    method = "euler" if c.prediction == "velocity" else "ddim"
+    out = {"fid_floor": floor, "n": n, "sampler": f"{method}-25"}
     for scale in (0.0, 1.0, 3.0):
         xs = sample_images(batched_cfg(model, y, NULL_CLASS, scale), n, ctx.schedule, steps=25, batch=n, shape=shape,
-                           progress=ctx.progress)
+                           method=method, progress=ctx.progress)
         out[f"cfg{scale:g}"] = {"fid_judge": fid_judge(judge, xs, ref), "adherence": judge_accuracy(judge, xs, y)}
     return out
 
@@ -284,6 +298,7 @@ TASKS: dict[str, Task] = {
     "clip": Task(_clip_loss, _eval_clip),
     "noisy-clip": Task(_noisy_clip_loss, _eval_noisy_clip),
     "diffusion": Task(_diffusion_loss, _eval_diffusion),
+    "flow": Task(_flow_loss, _eval_diffusion),
     "text-diffusion": Task(_text_diffusion_loss, _eval_text_diffusion),
     "controlnet": Task(_controlnet_loss, _eval_controlnet),
 }

@@ -123,6 +123,29 @@ class GaussianMixture2D:
             raise ValueError(f"classes of this mixture are 0..{self.num_classes - 1}, got {y.unique().tolist()}.")
         return y
 
+    # ---- the exact velocity of the linear (flow-matching) path, lesson 12 ----
+    @staticmethod
+    def linear_to_vp(t: Tensor) -> tuple[Tensor, Tensor]:
+        """For linear-path times t: (abar of the same noise-to-signal ratio, r) with x_vp = x_lin / r."""
+        t = torch.as_tensor(t, dtype=torch.float64).reshape(-1)
+        r = ((1 - t) ** 2 + t ** 2).sqrt()
+        return ((1 - t) / r) ** 2, r
+
+    def velocity_fn(self):
+        """Exact v*(x_t, t) = E[eps - x0 | x_t] = (x_t - E[x0 | x_t]) / t on x_t = (1 - t) x0 + t eps, t in (0, 1].
+
+        E[x0 | x_t] comes from Gaussian conditioning (:meth:`posterior_mean_x0`) at the DDPM noise level with the
+        same signal-to-noise ratio, so no score or autograd is involved.
+        """
+        def velocity(x: Tensor, t: Tensor) -> Tensor:
+            t64 = torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(x.shape[0])
+            if torch.any((t64 <= 0) | (t64 > 1)):
+                raise ValueError("the exact toy velocity is defined for t in (0, 1].")
+            abar, r = self.linear_to_vp(t64)
+            x0 = self.posterior_mean_x0((x.to(torch.float64) / r[:, None]), abar).to(torch.float64)
+            return ((x.to(torch.float64) - x0) / t64[:, None]).to(x)
+        return velocity
+
     # ---- schedule-bound eps-functions (the exact "models") ----
     def eps_fn(self, schedule: NoiseSchedule, y=None) -> EpsFn:
         """Exact eps*(x_t, t) = -sqrt(1 - abar_t) grad log p_t(x_t [| y])."""

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from .captions import measure, random_captions
 from .clip import contrastive_loss
 from .diffusion import denoising_loss, q_sample
+from .flow import interpolate, velocity_target
 from .nets.conditions import text_condition
 from .progress import progress_bar
 from .transforms import random_shift
@@ -131,6 +132,27 @@ def diffusion_loss_fn(images: Tensor, labels: Tensor, schedule, *, batch_size: i
         if hint is not None:
             cond = {"class": cond, "hint": hint(x0)}
         return denoising_loss(model, x0, schedule, generator=generator, cond=cond)
+    return loss
+
+
+def flow_loss_fn(images: Tensor, labels: Tensor, *, batch_size: int, p_uncond: float, generator: torch.Generator,
+                 time_sampling: str = "logit-normal") -> LossFn:
+    """Conditional flow matching on the linear path: || v(x_t, t, y) - (eps - x0) ||^2 (lesson 12).
+
+    t is logit-normal (sigmoid of a standard normal, as in Stable Diffusion 3: more weight on the middle of
+    the path) or uniform in [0, 1]; labels are dropped to null at rate p_uncond, as for CFG (lesson 07).
+    """
+    if time_sampling not in ("logit-normal", "uniform"):
+        raise ValueError(f"time_sampling must be 'logit-normal' or 'uniform', got {time_sampling!r}.")
+
+    def loss(model: nn.Module, step: int) -> Tensor:
+        x0, y = _batch(images, labels, batch_size, generator)
+        cond = drop_conditions(y, p_uncond, generator)
+        eps = torch.randn(x0.shape, generator=generator)
+        draw = torch.randn if time_sampling == "logit-normal" else torch.rand
+        t = draw(len(x0), generator=generator)
+        t = torch.sigmoid(t) if time_sampling == "logit-normal" else t
+        return (model(interpolate(x0, eps, t), t, cond) - velocity_target(x0, eps)).pow(2).mean()
     return loss
 
 

@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .devices import device as default_device
+from .flow import LinearPath, make_path
 from .home import home
 from .nets.classifier import JudgeConfig, JudgeNet, NoisyClassifier, NoisyClassifierConfig
 from .nets.clip import SmallCLIP, SmallCLIPConfig
@@ -39,7 +40,7 @@ from .nets.controlnet import ControlNet, ControlNetConfig
 from .nets.unet import UNet, UNetConfig
 from .paths import REPO_ROOT, cache_dir, offline
 from .progress import progress_bar
-from .schedules import NoiseSchedule, make_schedule
+from .schedules import NoiseSchedule
 
 __all__ = ["ARCHITECTURES", "ZooError", "checkpoint_dir", "checkpoint_file", "manifest", "entry",
            "schedule_for", "load", "save", "sha256_of", "machine_summary"]
@@ -182,10 +183,13 @@ def entry(name: str, *, directory: Path | None = None) -> dict:
     return entries[name]
 
 
-def schedule_for(name: str, *, directory: Path | None = None) -> NoiseSchedule:
-    """The noise schedule checkpoint ``name`` was trained with, from its manifest entry: sample with it (lessons 02-10)."""
+def schedule_for(name: str, *, directory: Path | None = None) -> NoiseSchedule | LinearPath:
+    """The noise schedule checkpoint ``name`` was trained with, from its manifest entry: sample with it (lessons 02-12).
+
+    Flow-matching checkpoints get :data:`lessonlib.flow.LINEAR` (sample them with method="euler" or "heun").
+    """
     recipe = entry(name, directory=directory)["recipe"]
-    return make_schedule(recipe["schedule"], recipe["T"])
+    return make_path(recipe["schedule"], recipe["T"])
 
 
 def load(name: str, *, directory: Path | None = None, device=None) -> nn.Module:

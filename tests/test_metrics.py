@@ -96,3 +96,16 @@ def test_mean_ink_is_the_inked_share_and_checks_shapes():
     assert mean_ink(half) == 0.5
     with pytest.raises(ValueError, match="N, C, H, W"):
         mean_ink(torch.zeros(4, 4))
+
+
+def test_judge_accuracy_is_exact_at_thresholds():
+    """95 hits of 100 must meet an adherence threshold of 0.95 (float32 would give 0.94999999)."""
+    from lessonlib.metrics import judge_accuracy
+
+    class Fixed(nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.one_hot(x.flatten(1)[:, 0].long(), 10).float()
+
+    x = torch.zeros(100, 1, 2, 2)
+    x[:95, 0, 0, 0] = 3.0
+    assert judge_accuracy(Fixed(), x, 3) >= 0.95 and judge_accuracy(Fixed(), x, 3) == 0.95

@@ -79,7 +79,8 @@ def test_final_ddim_step_returns_x0_hat():
 
 @pytest.mark.parametrize("kwargs, msg", [
     ({"steps": 1001}, "1 to T=1000"), ({"steps": 0}, "1 to T"), ({"steps": 2.5}, "integer"),
-    ({"method": "euler"}, "ddim"), ({"eta": 2.0}, "eta"),
+    ({"method": "rk4"}, "ddim"), ({"eta": 2.0}, "eta"), ({"method": "euler"}, "needs steps="),
+    ({"method": "heun", "steps": 5, "eta": 0.5}, "no callback and no eta"),
 ])
 def test_bad_sampler_arguments(kwargs, msg):
     with pytest.raises(ValueError, match=msg):

@@ -28,10 +28,11 @@ from ..types import NULL_CLASS
 from .config import resolve_config
 from .embedding import TimeMLP
 
-__all__ = ["UNetConfig", "UNet", "ResBlock", "SelfAttention", "CrossAttention", "INJECTIONS", "zero_init",
+__all__ = ["UNetConfig", "UNet", "ResBlock", "SelfAttention", "CrossAttention", "INJECTIONS", "PREDICTIONS", "zero_init",
            "describe_unet"]
 
 INJECTIONS = ("film", "concat", "adaln_zero")
+PREDICTIONS = ("eps", "velocity")  # what the network outputs; velocity models read float t in [0, 1]
 CONCAT_CHANNELS = 8  # width of the learned class maps concatenated to the input (class_injection="concat")
 
 
@@ -59,6 +60,7 @@ class UNetConfig:
     class_injection: str = "film"  # how class labels enter (lesson 10): "film", "concat" or "adaln_zero"
     dropout: float = 0.0
     groups: int = 8
+    prediction: str = "eps"  # "eps" (integer DDPM timesteps) or "velocity" (flow matching, float t in [0, 1], lesson 12)
 
     def __post_init__(self):
         self.channel_mults = tuple(self.channel_mults)
@@ -67,6 +69,8 @@ class UNetConfig:
         if self.image_size % factor:
             raise ValueError(f"image_size {self.image_size} must be divisible by patch_size * 2^(levels-1) = "
                              f"{factor}; use fewer channel_mults or a smaller patch_size.")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}.")
         if self.class_injection not in INJECTIONS:
             raise ValueError(f"class_injection must be one of {INJECTIONS}, got {self.class_injection!r}.")
         if self.class_injection == "concat" and not self.num_classes:
@@ -243,6 +247,19 @@ class UNet(nn.Module):
             mask = torch.where(null, first, mask)
         return tokens, mask
 
+    def _time(self, t: Tensor) -> Tensor:
+        """Velocity models embed t in [0, 1] as 999 t, the eps-models' range of timesteps."""
+        if self.config.prediction == "eps":
+            return t
+        t = torch.as_tensor(t)
+        if not t.dtype.is_floating_point:
+            raise ValueError("this U-Net predicts a flow-matching velocity and takes float times t in [0, 1]; it was "
+                             "given integer timesteps, as a DDIM/DDPM sampler does. Sample it with method='euler' or "
+                             "'heun' and schedule=flow.LINEAR (zoo.schedule_for gives it).")
+        if t.numel() and (float(t.min()) < 0 or float(t.max()) > 1):
+            raise ValueError(f"flow times must lie in [0, 1], got {float(t.min()):g} to {float(t.max()):g}.")
+        return 999.0 * t
+
     def _class_index(self, y, batch: int, device) -> Tensor:
         n = self.config.num_classes
         if y is None:
@@ -280,7 +297,7 @@ class UNet(nn.Module):
         if x.ndim != 4 or x.shape[1:] != (cfg.in_channels, cfg.image_size, cfg.image_size):
             raise ValueError(f"this U-Net takes images of shape (B, {cfg.in_channels}, {cfg.image_size}, "
                              f"{cfg.image_size}), got {tuple(x.shape)}.")
-        emb = self.embed(t.reshape(-1).expand(x.shape[0]), cond)
+        emb = self.embed(self._time(t).reshape(-1).expand(x.shape[0]), cond)
         ctx = self.context(cond, x.shape[0], x.device)
         h = F.pixel_unshuffle(x, cfg.patch_size) if cfg.patch_size > 1 else x
         if self.class_maps is not None:

@@ -1,0 +1,189 @@
+"""Flow matching on the course's abstraction: the linear path, velocity predictions, ODE samplers (lesson 12).
+
+The linear (rectified-flow) path joins data and noise in time t in [0, 1] (0: data, 1: noise):
+
+    x_t = (1 - t) x0 + t eps,        velocity v = dx_t/dt = eps - x0.
+
+A *velocity function* ``v_fn(x_t, t) -> v`` takes float times in [0, 1]. For this path every prediction
+determines the others (given x_t and t):
+
+    x0 = x_t - t v,     eps = x_t + (1 - t) v,     score = grad log p_t(x_t) = -eps / t.
+
+Guidance carries over unchanged: eps is an affine function of v whose coefficients do not depend on the
+model, so ``cfg`` on two velocity predictions equals ``cfg`` on the two eps they convert to (tested).
+
+An eps-model trained on a DDPM schedule (x = a x0 + s eps, a = sqrt(abar_k), s = sqrt(1 - abar_k)) lives on
+the same family of straight lines: dividing by a + s gives x / (a + s) = (1 - t) x0 + t eps with
+t = s / (a + s). :func:`velocity_view` turns an eps-model into a velocity function on that grid of times,
+and in these coordinates DDIM (eta = 0) is exactly Euler's method (lesson 12 checks it numerically).
+
+:func:`ode_sample` runs Euler or Heun for both kinds of model: a velocity function with ``LINEAR``, or an
+eps-function with its :class:`~lessonlib.schedules.NoiseSchedule`. ``samplers.sample_images`` calls it for
+``method="euler"`` and ``method="heun"``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .schedules import NoiseSchedule, make_schedule, timestep_sequence
+from .types import EpsFn
+
+__all__ = ["LinearPath", "LINEAR", "VelocityFn", "check_unit_time", "interpolate", "velocity_target",
+           "x0_from_velocity", "eps_from_velocity", "velocity_from_eps", "score_from_velocity", "linear_times",
+           "velocity_view", "ode_sample", "ODE_METHODS", "make_path"]
+
+VelocityFn = Callable[[Tensor, Tensor], Tensor]  # (x_t, t in [0, 1]) -> velocity
+ODE_METHODS = ("euler", "heun")
+
+
+@dataclass(frozen=True)
+class LinearPath:
+    """The rectified-flow path x_t = (1 - t) x0 + t eps, t in [0, 1]; use the instance :data:`LINEAR`."""
+
+    name: str = "linear-flow"
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return 1 - t
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return t
+
+
+LINEAR = LinearPath()
+
+
+def make_path(name: str = "linear", T: int = 1000) -> NoiseSchedule | LinearPath:
+    """A recipe's noise process by name: ``"linear-flow"`` is :data:`LINEAR`, other names DDPM schedules."""
+    return LINEAR if name == LINEAR.name else make_schedule(name, T)
+
+
+def check_unit_time(t, like: Tensor) -> Tensor:
+    """Float times in [0, 1] (a number or one per image), shaped to broadcast against ``like``."""
+    t = torch.as_tensor(t)
+    if not t.dtype.is_floating_point:
+        raise ValueError(f"flow times are floats in [0, 1] (0: data, 1: noise), got dtype {t.dtype}; integer "
+                         "timesteps belong to DDPM schedules (convert an eps-model with flow.velocity_view).")
+    if t.numel() and (float(t.min()) < 0 or float(t.max()) > 1):
+        raise ValueError(f"flow times must lie in [0, 1], got values from {float(t.min()):g} to {float(t.max()):g}.")
+    if t.ndim > 1 or t.numel() not in (1, like.shape[0]):
+        raise ValueError(f"give one time or one per image ({like.shape[0]}), got shape {tuple(t.shape)}.")
+    return t.to(device=like.device, dtype=like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def interpolate(x0: Tensor, eps: Tensor, t) -> Tensor:
+    """x_t = (1 - t) x0 + t eps on the linear path."""
+    t = check_unit_time(t, x0)
+    return (1 - t) * x0 + t * eps
+
+
+def velocity_target(x0: Tensor, eps: Tensor) -> Tensor:
+    """The regression target of flow matching on the linear path: v = eps - x0."""
+    return eps - x0
+
+
+def x0_from_velocity(x_t: Tensor, t, v: Tensor) -> Tensor:
+    return x_t - check_unit_time(t, x_t) * v
+
+
+def eps_from_velocity(x_t: Tensor, t, v: Tensor) -> Tensor:
+    return x_t + (1 - check_unit_time(t, x_t)) * v
+
+
+def velocity_from_eps(x_t: Tensor, t, eps: Tensor) -> Tensor:
+    """v = (eps - x_t) / (1 - t); undefined at t = 1, where x_t is pure noise and carries no x0."""
+    t = check_unit_time(t, x_t)
+    if torch.any(t >= 1):
+        raise ValueError("velocity_from_eps needs t < 1: at t = 1 the noise prediction says nothing about x0.")
+    return (eps - x_t) / (1 - t)
+
+
+def score_from_velocity(x_t: Tensor, t, v: Tensor) -> Tensor:
+    """grad log p_t(x_t) = -eps / t; undefined at t = 0 (the data distribution has no smooth score)."""
+    tt = check_unit_time(t, x_t)
+    if torch.any(tt <= 0):
+        raise ValueError("score_from_velocity needs t > 0.")
+    return -eps_from_velocity(x_t, t, v) / tt
+
+
+def _scales(schedule: NoiseSchedule, k: int) -> tuple[float, float]:
+    """(a, s) = (sqrt(abar_k), sqrt(1 - abar_k)); k = -1 is the clean image (1, 0)."""
+    if k < 0:
+        return 1.0, 0.0
+    abar = float(schedule.abar[k])
+    return abar ** 0.5, (1 - abar) ** 0.5
+
+
+def linear_times(schedule: NoiseSchedule, timesteps) -> Tensor:
+    """Linear-path times t = s / (a + s) of integer DDPM timesteps (-1: the clean image, t = 0), float64."""
+    return torch.tensor([(lambda a, s: s / (a + s))(*_scales(schedule, int(k))) for k in timesteps],
+                        dtype=torch.float64)
+
+
+def velocity_view(eps_fn: EpsFn, schedule: NoiseSchedule, *, clip_x0: bool = False) -> Callable[[Tensor, int], Tensor]:
+    """An eps-model on a DDPM schedule as a velocity on the linear path: ``v(x_lin, k)`` at integer timestep k.
+
+    x = (a + s) x_lin is the model's input; v = eps - x0 with x0 = (x - s eps) / a (clipped to [-1, 1] with
+    ``clip_x0``, the eps recomputed from it, as DDIM does).
+    """
+    def velocity(x_lin: Tensor, k: int) -> Tensor:
+        a, s = _scales(schedule, k)
+        x = (a + s) * x_lin
+        eps = eps_fn(x, torch.full((x.shape[0],), k, dtype=torch.long, device=x.device))
+        x0 = (x - s * eps) / a
+        if clip_x0:
+            x0 = x0.clamp(-1, 1)
+            eps = (x - a * x0) / s
+        return eps - x0
+    return velocity
+
+
+def _clipped_velocity(v_fn: VelocityFn) -> VelocityFn:
+    def velocity(x: Tensor, t: Tensor) -> Tensor:
+        v = v_fn(x, t)
+        tt = check_unit_time(t, x)
+        x0 = (x - tt * v).clamp(-1, 1)
+        return (x - x0) / tt - x0  # eps - x0 with eps recomputed from the clipped x0 (t > 0 on every grid point)
+    return velocity
+
+
+@torch.no_grad()
+def ode_sample(fn, x_T: Tensor, schedule: NoiseSchedule | LinearPath, *, steps: int, method: str = "euler",
+               clip_x0: bool = False) -> Tensor:
+    """Integrate the probability-flow ODE from noise (t = 1) to data (t = 0) with Euler or Heun (lesson 12).
+
+    ``fn`` is a velocity function with ``schedule=LINEAR`` (times evenly spaced from 1 to 0), or an eps-function
+    with its NoiseSchedule (the DDIM grid of ``steps`` timesteps, read through :func:`velocity_view`; the result
+    then equals DDIM with eta = 0 for Euler). Heun's correction is skipped on the last step, into t = 0, where
+    the model is not defined. Returns the clean sample (x at t = 0). Costs ``steps`` (Euler) or ``2 steps - 1``
+    (Heun) model calls.
+    """
+    if method not in ODE_METHODS:
+        raise ValueError(f"unknown ODE method {method!r}; choose one of {ODE_METHODS}.")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}.")
+    if isinstance(schedule, LinearPath):
+        times = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
+        v_fn = _clipped_velocity(fn) if clip_x0 else fn
+        keys = [torch.full((x_T.shape[0],), float(t), dtype=x_T.dtype, device=x_T.device) for t in times]
+        x = x_T
+    elif isinstance(schedule, NoiseSchedule):
+        ks = timestep_sequence(schedule.T, steps).tolist() + [-1]
+        times, keys = linear_times(schedule, ks), ks
+        v_fn = velocity_view(fn, schedule, clip_x0=clip_x0)
+        a, s = _scales(schedule, ks[0])
+        x = x_T / (a + s)  # the starting noise, read as x at the first timestep, in linear-path coordinates
+    else:
+        raise ValueError(f"schedule must be flow.LINEAR (a velocity model) or a NoiseSchedule (an eps-model), "
+                         f"got {type(schedule).__name__}.")
+    for i in range(len(times) - 1):
+        dt = float(times[i + 1] - times[i])
+        v = v_fn(x, keys[i])
+        x_next = x + dt * v
+        if method == "heun" and i + 1 < len(times) - 1:
+            x_next = x + dt * (v + v_fn(x_next, keys[i + 1])) / 2
+        x = x_next
+    return x

@@ -1,0 +1,151 @@
+"""Flow matching on the linear path: conversions, the exact toy velocity, Euler/Heun, DDIM = Euler (lesson 12)."""
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lessonlib import flow
+from lessonlib.guidance import cfg
+from lessonlib.metrics import energy_distance
+from lessonlib.samplers import sample, sample_images
+from lessonlib.schedules import cosine_schedule, linear_schedule
+from lessonlib.toy import GaussianMixture2D
+
+TOY, S = GaussianMixture2D(), linear_schedule(1000)
+
+
+@settings(max_examples=40, deadline=None)
+@given(t=st.floats(0.01, 0.99), seed=st.integers(0, 2**16))
+def test_conversions_round_trip(t, seed):
+    g = torch.Generator().manual_seed(seed)
+    x0, eps = torch.randn(5, 3, generator=g, dtype=torch.float64), torch.randn(5, 3, generator=g, dtype=torch.float64)
+    x_t = flow.interpolate(x0, eps, t)
+    v = flow.velocity_target(x0, eps)
+    torch.testing.assert_close(flow.x0_from_velocity(x_t, t, v), x0)
+    torch.testing.assert_close(flow.eps_from_velocity(x_t, t, v), eps)
+    torch.testing.assert_close(flow.velocity_from_eps(x_t, t, eps), v)
+    torch.testing.assert_close(flow.score_from_velocity(x_t, t, v), -eps / t)
+
+
+def test_exact_toy_velocity_matches_autograd_of_the_exact_log_density():
+    """v from Gaussian conditioning (no score) equals v converted from grad log p_t of the linear path."""
+    x = 2 * torch.randn(200, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    v_fn = TOY.velocity_fn()
+    for t in (0.05, 0.3, 0.7, 0.95):
+        tt = torch.full((200,), t, dtype=torch.float64)
+        abar, r = TOY.linear_to_vp(tt)
+        xx = x.clone().requires_grad_(True)
+        # p_lin(x) = p_vp(x / r) / r^2: the linear-path density is the DDPM one at the same SNR, rescaled
+        score, = torch.autograd.grad(TOY.log_prob(xx / r[:, None], abar).sum(), xx)
+        v_from_density = flow.velocity_from_eps(x, tt, -t * score)
+        torch.testing.assert_close(v_fn(x, tt), v_from_density, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("method, steps, bound", [("euler", 100, 0.01), ("heun", 10, 0.01)])
+def test_ode_with_the_exact_field_reproduces_the_toy(method, steps, bound):
+    g = torch.Generator().manual_seed(1)
+    ref, _ = TOY.sample(3000, generator=g)
+    floor = abs(energy_distance(TOY.sample(3000, generator=g)[0], ref))
+    xs = flow.ode_sample(TOY.velocity_fn(), torch.randn(3000, 2, generator=g), flow.LINEAR, steps=steps, method=method)
+    assert energy_distance(xs, ref) < bound + floor
+
+
+def test_heun_beats_euler_at_few_steps_on_the_exact_field():
+    g = torch.Generator().manual_seed(2)
+    ref, _ = TOY.sample(3000, generator=g)
+    noise = torch.randn(3000, 2, generator=g)
+    d = {m: energy_distance(flow.ode_sample(TOY.velocity_fn(), noise, flow.LINEAR, steps=4, method=m), ref)
+         for m in flow.ODE_METHODS}
+    assert d["heun"] < d["euler"] / 3, d
+
+
+@pytest.mark.parametrize("schedule", [S, cosine_schedule(1000)])
+@pytest.mark.parametrize("steps", [1, 7, 50])
+def test_ddim_is_euler_in_linear_path_coordinates(schedule, steps):
+    """DDIM (eta = 0) on an eps-model and Euler on the same model read as a linear-path velocity: equal."""
+    x_T = torch.randn(64, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    ddim = sample(TOY.eps_fn(schedule), x_T, schedule, steps=steps, progress=False)
+    euler = flow.ode_sample(TOY.eps_fn(schedule), x_T, schedule, steps=steps, method="euler")
+    assert float((ddim - euler).abs().max()) < 1e-10
+
+
+def test_ddim_is_euler_with_clipping_too_and_sample_images_runs_both():
+    x_T = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(4))
+    eps_fn = lambda x, t: 3 * x  # noqa: E731  (pushes x0_hat outside [-1, 1], so clipping matters)
+    ddim = sample_images(eps_fn, x_T, S, steps=5)
+    euler = sample_images(eps_fn, x_T, S, steps=5, method="euler")
+    unclipped = sample_images(eps_fn, x_T, S, steps=5, method="euler", clip_x0=False)
+    torch.testing.assert_close(ddim, euler, rtol=0, atol=1e-5)
+    assert (euler - unclipped).abs().max() > 1e-3
+
+
+def test_guidance_on_velocities_equals_guidance_on_the_eps_they_convert_to():
+    g = torch.Generator().manual_seed(5)
+    x, t = torch.randn(8, 2, generator=g, dtype=torch.float64), torch.full((8,), 0.4, dtype=torch.float64)
+    v_c = lambda x, t: torch.sin(x) + t.reshape(-1, 1)  # noqa: E731
+    v_u = lambda x, t: 0.5 * x                          # noqa: E731
+    for s in (0.0, 1.0, 3.5):
+        via_v = flow.eps_from_velocity(x, t, cfg(v_c, v_u, s)(x, t))
+        as_eps = lambda fn: (lambda x, t: flow.eps_from_velocity(x, t, fn(x, t)))  # noqa: E731
+        via_eps = cfg(as_eps(v_c), as_eps(v_u), s)(x, t)
+        torch.testing.assert_close(via_v, via_eps)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: flow.interpolate(torch.zeros(2, 2), torch.zeros(2, 2), 1.5), r"\[0, 1\]"),
+    (lambda: flow.interpolate(torch.zeros(2, 2), torch.zeros(2, 2), torch.tensor([500, 500])), "integer timesteps"),
+    (lambda: flow.velocity_from_eps(torch.zeros(2, 2), 1.0, torch.zeros(2, 2)), "t < 1"),
+    (lambda: flow.score_from_velocity(torch.zeros(2, 2), 0.0, torch.zeros(2, 2)), "t > 0"),
+    (lambda: flow.ode_sample(TOY.velocity_fn(), torch.zeros(2, 2), flow.LINEAR, steps=0), "steps must be"),
+    (lambda: flow.ode_sample(TOY.velocity_fn(), torch.zeros(2, 2), flow.LINEAR, steps=3, method="rk4"), "euler"),
+    (lambda: flow.ode_sample(TOY.velocity_fn(), torch.zeros(2, 2), "linear", steps=3), "flow.LINEAR"),
+    (lambda: sample(TOY.velocity_fn(), torch.zeros(2, 2), flow.LINEAR, steps=3), "NoiseSchedule"),
+])
+def test_bad_input_gets_clear_errors(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_a_velocity_unet_takes_unit_times_and_refuses_integer_timesteps():
+    from lessonlib.nets.unet import UNet
+
+    net = UNet(base_channels=8, channel_mults=(1, 2), groups=4, num_classes=10, prediction="velocity")
+    x, y = torch.randn(2, 1, 28, 28), torch.tensor([3, 4])
+    assert net(x, torch.tensor([0.0, 1.0]), y).shape == x.shape
+    with pytest.raises(ValueError, match="method='euler' or 'heun'"):
+        net(x, torch.tensor([500, 500]), y)            # what a DDIM/DDPM sampler would give it
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        net(x, torch.tensor([0.5, 1.5]), y)
+    with pytest.raises(ValueError, match="prediction must be one of"):
+        UNet(base_channels=8, channel_mults=(1, 2), groups=4, prediction="x0")
+    with pytest.raises(ValueError, match="NoiseSchedule"):
+        sample_images(lambda x, t: net(x, t, y), torch.randn(2, 1, 28, 28), flow.LINEAR, steps=2)
+
+
+def test_flow_loss_trains_a_velocity_model_towards_the_target():
+    from lessonlib.nets.unet import UNet
+    from lessonlib.training import fit, flow_loss_fn
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(64, 1, 28, 28, generator=g) * 2 - 1
+    labels = torch.arange(64) % 10
+    net = UNet(base_channels=8, channel_mults=(1, 2), groups=4, num_classes=10, prediction="velocity")
+    loss = flow_loss_fn(images, labels, batch_size=16, p_uncond=0.1, generator=g)
+    first = sum(float(loss(net, 0)) for _ in range(4)) / 4
+    fit(net, loss, steps=60, lr=3e-3, warmup=10, progress=False)
+    last = sum(float(loss(net, 0)) for _ in range(4)) / 4
+    assert last < 0.8 * first, (first, last)
+    with pytest.raises(ValueError, match="time_sampling"):
+        flow_loss_fn(images, labels, batch_size=16, p_uncond=0.1, generator=g, time_sampling="beta")
+
+
+def test_flow_recipes_train_on_the_linear_path_only():
+    from dataclasses import replace
+
+    from lessonlib.recipes import RECIPES
+
+    assert RECIPES["mnist-flow-cfg"].noise_schedule() is flow.LINEAR
+    with pytest.raises(ValueError, match="linear-flow"):
+        replace(RECIPES["mnist-flow-cfg"], schedule="linear")
+    with pytest.raises(ValueError, match="linear-flow"):
+        replace(RECIPES["mnist-cfg"], schedule="linear-flow")
