@@ -119,14 +119,17 @@ def test_guidance_slider_moved_by_keyboard_changes_the_image(jupyterlab, tmp_pat
             image, handle = panel.locator(".widget-image").first, panel.locator(".noUi-handle").first
             handle.scroll_into_view_if_needed()
             before = image.get_attribute("src")
-            readout = panel.locator(".widget-readout").first.inner_text()
+            readout_box = panel.locator(".widget-readout").first
+            readout = readout_box.text_content()  # the DOM text: inner_text is empty while a view re-renders
             handle.focus()
             for _ in range(2):
                 page.keyboard.press("ArrowRight")
             page.wait_for_function("([img, old]) => img.getAttribute('src') !== old",
                                    arg=[image.element_handle(), before], timeout=120_000)
             after = image.get_attribute("src")
-            new_readout = panel.locator(".widget-readout").first.inner_text()
+            page.wait_for_function("([box, old]) => box.textContent.trim() !== '' && box.textContent !== old",
+                                   arg=[readout_box.element_handle(), readout], timeout=30_000)
+            new_readout = readout_box.text_content()
             if os.environ.get("LESSONLIB_SCREENSHOT_DIR"):  # to look at what the test saw
                 page.screenshot(path=str(Path(os.environ["LESSONLIB_SCREENSHOT_DIR"]) / "browser_test.png"))
         finally:
