@@ -78,9 +78,9 @@ def measure_frontier(*, n: int = 200, steps: int = 20, seed: int = 0, methods: l
     schedule = zoo.schedule_for("mnist-cfg")
     judge, test = zoo.load("mnist-judge"), load_mnist("test")
     gen = torch.Generator().manual_seed(seed)
-    ref = test.images[torch.randperm(len(test), generator=gen)[:n]]
     noise = torch.randn(n, 1, 28, 28, generator=gen)
     y = torch.arange(n) % 10
+    ref = test.matched(y, seed=seed)  # real digits of exactly the samples' classes
     table = frontier_methods(schedule)
     unknown = (set(methods or []) | set(scales or {})) - set(table)
     if unknown:
@@ -101,7 +101,7 @@ def measure_frontier(*, n: int = 200, steps: int = 20, seed: int = 0, methods: l
                          "fid_judge": ci.fid, "fid_interval": ci,
                          "diversity": class_diversity(judge, xs, y), "ink": mean_ink(xs),
                          "ms_per_image": 1000 * seconds / n})
-    return rows, fid_floor(judge, test.images, n)
+    return rows, fid_floor(judge, test.images, seed=seed, labels=test.labels, matched_to=y)
 
 
 def best_points(rows: list[dict], *, min_adherence: float = 0.95) -> dict[str, dict]:

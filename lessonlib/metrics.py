@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from .captions import ATTRIBUTE_WORDS, AttributeBins, measure
 from .diffusion import q_sample
 from .schedules import NoiseSchedule
-from .stats import auc_interval, mean_interval
+from .stats import auc_interval, matched_indices, mean_interval
 from .transforms import coarse_layout
 
 __all__ = ["energy_distance", "judge_features", "judge_accuracy", "frechet_distance", "fid_judge",
@@ -133,8 +133,23 @@ def fid_judge_interval(judge: nn.Module, samples: Tensor, reference: Tensor, *, 
     return FidInterval(fid, max(0.0, fid - half), fid + half, n_boot)
 
 
-def fid_floor(judge: nn.Module, test_images: Tensor, n: int, *, seed: int = 0) -> float:
-    """Real-vs-real FID_judge between two disjoint random halves of the test set, n images each (lesson 02)."""
+def fid_floor(judge: nn.Module, test_images: Tensor, n: int | None = None, *, seed: int = 0,
+              labels: Tensor | None = None, matched_to=None) -> float:
+    """Real-vs-real FID_judge between two disjoint sets of test images, n each (lesson 02).
+
+    By default the two sets are random halves. For class-conditional samples give the test ``labels`` and
+    the samples' labels as ``matched_to``: each set then has exactly those classes (lessons 04, 07, 09), the
+    floor that matches a class-matched reference set (:meth:`lessonlib.data.ImageSet.matched`).
+    """
+    if (labels is None) != (matched_to is None):
+        raise ValueError("give both labels= (the test labels) and matched_to= (the samples' labels), or neither.")
+    if matched_to is not None:
+        if n is not None and n != len(matched_to):
+            raise ValueError(f"n = {n} but matched_to has {len(matched_to)} labels; leave n out.")
+        a, b = matched_indices(labels, matched_to, copies=2, seed=seed)
+        return fid_judge(judge, test_images[a], test_images[b])
+    if n is None:
+        raise ValueError("give n, the number of images in each real set.")
     if 2 * n > len(test_images):
         raise ValueError(f"the floor needs 2 * n = {2 * n} test images, only {len(test_images)} available.")
     order = torch.randperm(len(test_images), generator=torch.Generator().manual_seed(seed))

@@ -1,6 +1,7 @@
 """Uncertainty of small-sample measurements: every lesson's "is this difference real?" (lessons 05, 08, 09).
 
-Floor 0 of the package: plain tensors in, numbers out. ``metrics`` re-exports both functions.
+Floor 0 of the package: plain tensors in, numbers out. ``metrics`` re-exports the intervals;
+:func:`matched_indices` draws the class-matched real reference sets that FID_judge compares against.
 """
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import math
 
 import torch
 
-__all__ = ["mean_interval", "auc_interval"]
+__all__ = ["mean_interval", "auc_interval", "matched_indices"]
 
 
 def mean_interval(values, z: float = 1.96) -> tuple[float, float]:
@@ -33,3 +34,31 @@ def auc_interval(positive, negative, z: float = 1.96) -> tuple[float, float]:
     q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
     var = (a * (1 - a) + (len(pos) - 1) * (q1 - a * a) + (len(neg) - 1) * (q2 - a * a)) / (len(pos) * len(neg))
     return a, float(z * math.sqrt(max(var, 0.0)))
+
+
+def matched_indices(pool_labels, wanted, *, copies: int = 1, seed: int = 0) -> torch.Tensor:
+    """Indices into a labelled pool whose labels equal ``wanted`` position by position: (copies, N).
+
+    Row c is a random draw without replacement, so ``pool_labels[out[c]] == wanted`` and the rows share no
+    index: ``copies=2`` gives the two disjoint real sets of a class-matched real-vs-real floor (lessons
+    04, 07, 09). Raises if the pool has too few examples of a class.
+    """
+    pool = torch.as_tensor(pool_labels).reshape(-1)
+    want = torch.as_tensor(wanted).reshape(-1)
+    if copies < 1:
+        raise ValueError(f"copies must be at least 1, got {copies}.")
+    if len(want) == 0:
+        raise ValueError("wanted is empty: give one label per image you need.")
+    gen = torch.Generator().manual_seed(seed)
+    out = torch.empty(copies, len(want), dtype=torch.long)
+    for k in want.unique():
+        slots = (want == k).nonzero().squeeze(1)
+        have = (pool == k).nonzero().squeeze(1)
+        need = copies * len(slots)
+        if need > len(have):
+            raise ValueError(
+                f"class {int(k)}: need {need} examples ({copies} x {len(slots)}), the pool has {len(have)}; "
+                "ask for fewer images or a larger real set."
+            )
+        out[:, slots] = have[torch.randperm(len(have), generator=gen)[:need]].reshape(copies, len(slots))
+    return out

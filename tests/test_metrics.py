@@ -109,3 +109,30 @@ def test_judge_accuracy_is_exact_at_thresholds():
     x = torch.zeros(100, 1, 2, 2)
     x[:95, 0, 0, 0] = 3.0
     assert judge_accuracy(Fixed(), x, 3) >= 0.95 and judge_accuracy(Fixed(), x, 3) == 0.95
+
+
+def test_class_matched_references_remove_the_class_mix_from_fid():
+    from lessonlib.data import ImageSet
+    from lessonlib.metrics import fid_judge, matched_indices
+
+    judge, g = Identity(), torch.Generator().manual_seed(1)
+    # a real pool of two well-separated classes, 50/50; "samples" asked for 80% class 0 and 20% class 1
+    pool_labels = torch.arange(2000) % 2
+    pool = torch.randn(2000, 1, 1, 4, generator=g) + 6.0 * pool_labels.view(-1, 1, 1, 1)
+    real = ImageSet(pool, pool_labels, "test", ["a", "b"])
+    wanted = (torch.arange(200) % 5 == 0).long()
+    samples = torch.randn(200, 1, 1, 4, generator=g) + 6.0 * wanted.view(-1, 1, 1, 1)
+    ref = real.matched(wanted, seed=3)
+    random_ref = pool[torch.randperm(2000, generator=g)[:200]]
+    assert fid_judge(judge, samples, ref) < 0.5 < 5 < fid_judge(judge, samples, random_ref)
+    rows = matched_indices(pool_labels, wanted, copies=2, seed=3)
+    assert torch.equal(pool_labels[rows[0]], wanted) and torch.equal(pool_labels[rows[1]], wanted)
+    assert not set(rows[0].tolist()) & set(rows[1].tolist())
+    assert fid_floor(judge, pool, labels=pool_labels, matched_to=wanted) < 0.5
+    assert fid_floor(judge, pool, 200) < 0.5 < 5 < fid_judge(judge, samples, random_ref)
+    with pytest.raises(ValueError, match="class 1: need 1200"):
+        matched_indices(pool_labels, torch.ones(600, dtype=torch.long), copies=2)
+    with pytest.raises(ValueError, match="both labels="):
+        fid_floor(judge, pool, 200, matched_to=wanted)
+    with pytest.raises(ValueError, match="leave n out"):
+        fid_floor(judge, pool, 100, labels=pool_labels, matched_to=wanted)
