@@ -34,10 +34,12 @@ from .types import EpsFn
 
 __all__ = ["LinearPath", "LINEAR", "VelocityFn", "check_unit_time", "interpolate", "velocity_target",
            "x0_from_velocity", "eps_from_velocity", "velocity_from_eps", "score_from_velocity", "linear_times",
-           "velocity_view", "ode_sample", "ODE_METHODS", "make_path"]
+           "velocity_view", "ode_sample", "ODE_METHODS", "make_path", "unit_times", "flow_matching_loss",
+           "straightness", "TIME_SAMPLINGS"]
 
 VelocityFn = Callable[[Tensor, Tensor], Tensor]  # (x_t, t in [0, 1]) -> velocity
 ODE_METHODS = ("euler", "heun")
+TIME_SAMPLINGS = ("logit-normal", "uniform")
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,27 @@ def interpolate(x0: Tensor, eps: Tensor, t) -> Tensor:
 def velocity_target(x0: Tensor, eps: Tensor) -> Tensor:
     """The regression target of flow matching on the linear path: v = eps - x0."""
     return eps - x0
+
+
+def unit_times(n: int, *, generator: torch.Generator | None = None, sampling: str = "logit-normal") -> Tensor:
+    """n training times in (0, 1): logit-normal (sigmoid of a standard normal, Stable Diffusion 3's choice, more
+    weight on the middle of the path) or uniform."""
+    if sampling not in TIME_SAMPLINGS:
+        raise ValueError(f"time sampling must be one of {TIME_SAMPLINGS}, got {sampling!r}.")
+    if sampling == "logit-normal":
+        return torch.sigmoid(torch.randn(n, generator=generator))
+    return torch.rand(n, generator=generator)
+
+
+def flow_matching_loss(v_fn: VelocityFn, x0: Tensor, *, generator: torch.Generator | None = None,
+                       sampling: str = "logit-normal") -> Tensor:
+    """Conditional flow matching on the linear path: mean || v_fn(x_t, t) - (eps - x0) ||^2 (lesson 12).
+
+    Its minimiser is the marginal velocity E[eps - x0 | x_t], as the denoising loss's is E[eps | x_t].
+    """
+    eps = torch.randn(x0.shape, generator=generator)
+    t = unit_times(len(x0), generator=generator, sampling=sampling)
+    return (v_fn(interpolate(x0, eps, t), t) - velocity_target(x0, eps)).pow(2).mean()
 
 
 def x0_from_velocity(x_t: Tensor, t, v: Tensor) -> Tensor:
@@ -150,16 +173,29 @@ def _clipped_velocity(v_fn: VelocityFn) -> VelocityFn:
     return velocity
 
 
+def straightness(path: Tensor) -> Tensor:
+    """Per trajectory: chord over arc length, |x_end - x_start| / sum_i |x_(i+1) - x_i|; 1 is a straight line.
+
+    ``path`` is (steps + 1, B, ...) as returned by ``ode_sample(..., trajectory=True)`` (lesson 12).
+    """
+    if path.ndim < 3 or len(path) < 2:
+        raise ValueError(f"give a trajectory (steps + 1, B, ...) with at least two states, got {tuple(path.shape)}.")
+    flat = path.flatten(2)
+    arc = (flat[1:] - flat[:-1]).norm(dim=2).sum(0)
+    return (flat[-1] - flat[0]).norm(dim=1) / arc.clamp_min(1e-12)
+
+
 @torch.no_grad()
 def ode_sample(fn, x_T: Tensor, schedule: NoiseSchedule | LinearPath, *, steps: int, method: str = "euler",
-               clip_x0: bool = False) -> Tensor:
+               clip_x0: bool = False, trajectory: bool = False) -> Tensor:
     """Integrate the probability-flow ODE from noise (t = 1) to data (t = 0) with Euler or Heun (lesson 12).
 
     ``fn`` is a velocity function with ``schedule=LINEAR`` (times evenly spaced from 1 to 0), or an eps-function
     with its NoiseSchedule (the DDIM grid of ``steps`` timesteps, read through :func:`velocity_view`; the result
     then equals DDIM with eta = 0 for Euler). Heun's correction is skipped on the last step, into t = 0, where
     the model is not defined. Returns the clean sample (x at t = 0). Costs ``steps`` (Euler) or ``2 steps - 1``
-    (Heun) model calls.
+    (Heun) model calls. ``trajectory=True`` returns every state instead, (steps + 1, B, ...), in linear-path
+    coordinates (for an eps-model: x / (a + s), the DDIM states rescaled).
     """
     if method not in ODE_METHODS:
         raise ValueError(f"unknown ODE method {method!r}; choose one of {ODE_METHODS}.")
@@ -179,6 +215,7 @@ def ode_sample(fn, x_T: Tensor, schedule: NoiseSchedule | LinearPath, *, steps: 
     else:
         raise ValueError(f"schedule must be flow.LINEAR (a velocity model) or a NoiseSchedule (an eps-model), "
                          f"got {type(schedule).__name__}.")
+    states = [x]
     for i in range(len(times) - 1):
         dt = float(times[i + 1] - times[i])
         v = v_fn(x, keys[i])
@@ -186,4 +223,5 @@ def ode_sample(fn, x_T: Tensor, schedule: NoiseSchedule | LinearPath, *, steps: 
         if method == "heun" and i + 1 < len(times) - 1:
             x_next = x + dt * (v + v_fn(x_next, keys[i + 1])) / 2
         x = x_next
-    return x
+        states.append(x)
+    return torch.stack(states) if trajectory else x

@@ -17,12 +17,14 @@ import torch
 from torch import Tensor, nn
 
 from .diffusion import denoising_loss, q_sample
+from .flow import check_unit_time, flow_matching_loss
 from .nets.embedding import timestep_embedding
 from .progress import progress_bar
 from .schedules import NoiseSchedule
 from .types import EpsFn, GradFn
 
-__all__ = ["GaussianMixture2D", "ToyEpsMLP", "fit_toy_eps_model", "eps_error_by_t"]
+__all__ = ["GaussianMixture2D", "ToyEpsMLP", "ToyVelocityMLP", "fit_toy_eps_model", "fit_toy_flow_model",
+           "eps_error_by_t"]
 
 
 def _marginal_score(log_joint: Tensor, scores: Tensor) -> Tensor:
@@ -212,24 +214,47 @@ class ToyEpsMLP(nn.Module):
         return self.net(torch.cat([x, timestep_embedding(t, self.time_dim)], dim=1))
 
 
-def fit_toy_eps_model(mixture: GaussianMixture2D, schedule: NoiseSchedule, *, steps: int = 3000,
-                      batch: int = 512, lr: float = 2e-3, seed: int = 0, progress: bool = True):
-    """Train :class:`ToyEpsMLP` by denoising score matching on fresh mixture samples; returns (model, losses)."""
-    torch.manual_seed(seed)
+class ToyVelocityMLP(ToyEpsMLP):
+    """The same MLP as a velocity model: float times t in [0, 1], embedded as 999 t like the velocity U-Net
+    (lesson 12)."""
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        t = check_unit_time(t, x).reshape(-1).expand(x.shape[0])
+        return super().forward(x, 999 * t)
+
+
+def _fit_toy(model: nn.Module, mixture: GaussianMixture2D, loss_fn, *, steps: int, batch: int, lr: float,
+             seed: int, progress: bool, desc: str):
     gen = torch.Generator().manual_seed(seed)
-    model = ToyEpsMLP()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     losses = []
-    for _ in progress_bar(range(steps), desc="toy DSM", enabled=progress):
+    for _ in progress_bar(range(steps), desc=desc, enabled=progress):
         x0, _ = mixture.sample(batch, generator=gen)
-        loss = denoising_loss(model, x0, schedule, generator=gen)
+        loss = loss_fn(model, x0, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         losses.append(loss.item())
     return model.eval(), losses
+
+
+def fit_toy_eps_model(mixture: GaussianMixture2D, schedule: NoiseSchedule, *, steps: int = 3000,
+                      batch: int = 512, lr: float = 2e-3, seed: int = 0, progress: bool = True):
+    """Train :class:`ToyEpsMLP` by denoising score matching on fresh mixture samples; returns (model, losses)."""
+    torch.manual_seed(seed)
+    return _fit_toy(ToyEpsMLP(), mixture, lambda m, x0, gen: denoising_loss(m, x0, schedule, generator=gen),
+                    steps=steps, batch=batch, lr=lr, seed=seed, progress=progress, desc="toy DSM")
+
+
+def fit_toy_flow_model(mixture: GaussianMixture2D, *, steps: int = 3000, batch: int = 512, lr: float = 2e-3,
+                       seed: int = 0, sampling: str = "logit-normal", progress: bool = True):
+    """Train :class:`ToyVelocityMLP` by flow matching on the linear path; returns (model, losses) (lesson 12)."""
+    torch.manual_seed(seed)
+    return _fit_toy(ToyVelocityMLP(), mixture,
+                    lambda m, x0, gen: flow_matching_loss(m, x0, generator=gen, sampling=sampling),
+                    steps=steps, batch=batch, lr=lr, seed=seed, progress=progress, desc="toy flow matching")
 
 
 @torch.no_grad()

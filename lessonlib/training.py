@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from .captions import measure, random_captions
 from .clip import contrastive_loss
 from .diffusion import denoising_loss, q_sample
-from .flow import interpolate, velocity_target
+from .flow import TIME_SAMPLINGS, flow_matching_loss
 from .nets.conditions import text_condition
 from .progress import progress_bar
 from .transforms import random_shift
@@ -142,17 +142,13 @@ def flow_loss_fn(images: Tensor, labels: Tensor, *, batch_size: int, p_uncond: f
     t is logit-normal (sigmoid of a standard normal, as in Stable Diffusion 3: more weight on the middle of
     the path) or uniform in [0, 1]; labels are dropped to null at rate p_uncond, as for CFG (lesson 07).
     """
-    if time_sampling not in ("logit-normal", "uniform"):
-        raise ValueError(f"time_sampling must be 'logit-normal' or 'uniform', got {time_sampling!r}.")
+    if time_sampling not in TIME_SAMPLINGS:
+        raise ValueError(f"time_sampling must be one of {TIME_SAMPLINGS}, got {time_sampling!r}.")
 
     def loss(model: nn.Module, step: int) -> Tensor:
         x0, y = _batch(images, labels, batch_size, generator)
         cond = drop_conditions(y, p_uncond, generator)
-        eps = torch.randn(x0.shape, generator=generator)
-        draw = torch.randn if time_sampling == "logit-normal" else torch.rand
-        t = draw(len(x0), generator=generator)
-        t = torch.sigmoid(t) if time_sampling == "logit-normal" else t
-        return (model(interpolate(x0, eps, t), t, cond) - velocity_target(x0, eps)).pow(2).mean()
+        return flow_matching_loss(lambda x, t: model(x, t, cond), x0, generator=generator, sampling=time_sampling)
     return loss
 
 

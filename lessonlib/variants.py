@@ -14,6 +14,10 @@
 |                        | sampling proceeds, with the same mean over t as s                 |              |                                |
 
 The guided prediction is written c + (s_t - 1)(d_perp + eta d_par), which is u + s_t d at eta = 1.
+
+:func:`cfg_zero_star` (Fan et al. 2025, lesson 12) works on eps- and velocity models alike: it scales the
+unconditional prediction by s* = <c, u> / |u|^2 (per sample) before guiding, s* u + s (c - s* u), and for a
+velocity model it can zero the first steps ("zero-init"). Neutral: ``optimized=False, zero_init=0``.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from .guidance import batched_predictions, check_scale, combine
 from .schedules import NoiseSchedule
 from .types import EpsFn
 
-__all__ = ["cfg_variant", "parallel_part", "check_interval"]
+__all__ = ["cfg_variant", "cfg_zero_star", "optimized_scale", "parallel_part", "check_interval"]
 
 
 def parallel_part(d: Tensor, c: Tensor) -> Tensor:
@@ -100,3 +104,41 @@ def cfg_variant(model: Callable, cond: Any, null_cond: Any, scale: float, *, sch
         return eps_from_x0(schedule, x, t, guided) if space == "x0" else guided
 
     return eps_fn
+
+
+def optimized_scale(c: Tensor, u: Tensor) -> Tensor:
+    """CFG-Zero*'s s* = <c, u> / |u|^2 per sample: the multiple of u closest to c (shape (B, 1, ...))."""
+    dims = tuple(range(1, c.ndim))
+    return (c * u).sum(dims, keepdim=True) / (u * u).sum(dims, keepdim=True).clamp_min(1e-12)
+
+
+def cfg_zero_star(model: Callable, cond: Any, null_cond: Any, scale: float, *, optimized: bool = True,
+                  zero_init: float = 0.0) -> Callable[[Tensor, Tensor], Tensor]:
+    """CFG-Zero* (Fan et al. 2025): s* u + s (c - s* u) with s* from :func:`optimized_scale` (lesson 12).
+
+    ``zero_init`` in [0, 1) zeroes the velocity at flow times t > 1 - zero_init (the first steps, where the
+    model's guess of the mean is worst); it needs a velocity model (float times in [0, 1]). With
+    ``optimized=False`` and ``zero_init=0`` this is plain CFG, bit for bit.
+    """
+    scale = check_scale(scale)
+    if not isinstance(optimized, bool):
+        raise ValueError(f"optimized must be True or False, got {optimized!r}.")
+    if not (isinstance(zero_init, (int, float)) and math.isfinite(zero_init) and 0 <= zero_init < 1):
+        raise ValueError(f"zero_init must lie in [0, 1) (the share of flow time, from t = 1, with zero velocity), "
+                         f"got {zero_init!r}.")
+    predict = batched_predictions(model, [null_cond, cond])
+
+    def fn(x: Tensor, t: Tensor) -> Tensor:
+        u, c = predict(x, t)
+        if optimized:
+            u = optimized_scale(c, u) * u
+        out = combine(u, [(c, scale)])
+        if zero_init > 0:
+            if not torch.as_tensor(t).dtype.is_floating_point:
+                raise ValueError("zero_init zeroes a velocity, so it needs a velocity model (float flow times in "
+                                 "[0, 1]); for an eps-model use zero_init=0.")
+            late = (torch.as_tensor(t).reshape(-1) > 1 - zero_init).to(x.device)
+            out = torch.where(late.reshape(-1, *([1] * (x.ndim - 1))), torch.zeros_like(out), out)
+        return out
+
+    return fn

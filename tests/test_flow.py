@@ -131,9 +131,11 @@ def test_flow_loss_trains_a_velocity_model_towards_the_target():
     labels = torch.arange(64) % 10
     net = UNet(base_channels=8, channel_mults=(1, 2), groups=4, num_classes=10, prediction="velocity")
     loss = flow_loss_fn(images, labels, batch_size=16, p_uncond=0.1, generator=g)
-    first = sum(float(loss(net, 0)) for _ in range(4)) / 4
+    with torch.no_grad():
+        first = sum(float(loss(net, 0)) for _ in range(4)) / 4
     fit(net, loss, steps=60, lr=3e-3, warmup=10, progress=False)
-    last = sum(float(loss(net, 0)) for _ in range(4)) / 4
+    with torch.no_grad():
+        last = sum(float(loss(net, 0)) for _ in range(4)) / 4
     assert last < 0.8 * first, (first, last)
     with pytest.raises(ValueError, match="time_sampling"):
         flow_loss_fn(images, labels, batch_size=16, p_uncond=0.1, generator=g, time_sampling="beta")
@@ -149,3 +151,68 @@ def test_flow_recipes_train_on_the_linear_path_only():
         replace(RECIPES["mnist-flow-cfg"], schedule="linear")
     with pytest.raises(ValueError, match="linear-flow"):
         replace(RECIPES["mnist-cfg"], schedule="linear-flow")
+
+
+def test_straightness_is_one_on_a_line_and_measures_a_bend():
+    line = torch.linspace(0, 1, 11).reshape(11, 1, 1) * torch.tensor([[[3.0, 4.0]]])
+    corner = torch.tensor([[[0.0, 0.0]], [[1.0, 0.0]], [[1.0, 1.0]]])
+    torch.testing.assert_close(flow.straightness(line), torch.ones(1))
+    torch.testing.assert_close(flow.straightness(corner), torch.tensor([2**0.5 / 2]))
+    with pytest.raises(ValueError, match="at least two states"):
+        flow.straightness(torch.zeros(1, 3, 2))
+
+
+def test_trajectories_end_where_the_sampler_ends_and_a_training_pair_runs_straight_only_on_the_linear_path():
+    noise = torch.randn(256, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    path = flow.ode_sample(TOY.velocity_fn(), noise, flow.LINEAR, steps=50, trajectory=True)
+    assert path.shape == (51, 256, 2)
+    torch.testing.assert_close(path[-1], flow.ode_sample(TOY.velocity_fn(), noise, flow.LINEAR, steps=50))
+    via_eps = flow.ode_sample(TOY.eps_fn(S), noise, S, steps=50, trajectory=True)  # DDIM states, rescaled
+    assert via_eps.shape == path.shape and float((via_eps[-1] - path[-1]).norm(dim=1).median()) < 0.05  # one ODE
+    ks = flow.timestep_sequence(S.T, 50).tolist() + [-1]
+    a, s = (torch.tensor([flow._scales(S, int(k))[i] for k in ks], dtype=torch.float64).reshape(-1, 1, 1)
+            for i in (0, 1))
+    x0, eps = TOY.sample(256, generator=torch.Generator().manual_seed(3))[0].double(), noise
+    conditional_vp = a * x0 + s * eps                       # one training pair's path under the DDPM schedule
+    torch.testing.assert_close(flow.straightness(conditional_vp / (a + s)), torch.ones(256, dtype=torch.float64))
+    assert float(flow.straightness(conditional_vp).median()) < 0.95  # an arc: a x0 + s eps with a^2 + s^2 = 1
+
+
+def test_cfg_zero_star_is_cfg_at_its_neutral_setting_and_does_what_it_says():
+    from lessonlib.guidance import batched_cfg
+    from lessonlib.variants import cfg_zero_star, optimized_scale
+
+    def model(x, t, y):  # a toy conditional velocity model; y = -1 is the null class
+        return torch.sin(x + y.reshape(-1, 1).float()) + t.reshape(-1, 1) * x
+
+    x, y, null = torch.randn(6, 2, generator=torch.Generator().manual_seed(0)), torch.arange(6) % 3, torch.full((6,), -1)
+    t = torch.full((6,), 0.7)
+    for s in (0.0, 1.0, 4.0):
+        assert torch.equal(cfg_zero_star(model, y, null, s, optimized=False)(x, t), batched_cfg(model, y, null, s)(x, t))
+    c = model(x, t, y)
+    torch.testing.assert_close(optimized_scale(2.5 * c, c), torch.full((6, 1), 2.5))
+    parallel = lambda x, t, y: (1 - 0.5 * (y < 0).float()).reshape(-1, 1) * (torch.sin(x) + 1)  # noqa: E731 c = 2u
+    torch.testing.assert_close(cfg_zero_star(parallel, y, null, 7.0)(x, t), torch.sin(x) + 1)  # nothing to guide
+    zeroed = cfg_zero_star(model, y, null, 3.0, zero_init=0.2)
+    assert torch.equal(zeroed(x, torch.full((6,), 0.9)), torch.zeros(6, 2))
+    assert torch.equal(zeroed(x, t), cfg_zero_star(model, y, null, 3.0)(x, t))
+    with pytest.raises(ValueError, match="needs a velocity model"):
+        zeroed(x, torch.full((6,), 900))
+    with pytest.raises(ValueError, match=r"zero_init must lie in \[0, 1\)"):
+        cfg_zero_star(model, y, null, 3.0, zero_init=1.0)
+
+
+def test_a_small_flow_model_learns_the_toy_velocity():
+    from lessonlib.toy import fit_toy_flow_model
+
+    model, losses = fit_toy_flow_model(TOY, steps=400, progress=False)
+    g = torch.Generator().manual_seed(1)
+    x0, _ = TOY.sample(2000, generator=g)
+    t = torch.full((2000,), 0.5)
+    x_t = flow.interpolate(x0, torch.randn(x0.shape, generator=g), t)
+    with torch.no_grad():
+        exact, learned = TOY.velocity_fn()(x_t, t), model(x_t, t)
+    rel = float((learned - exact).pow(2).sum(1).mean() / exact.pow(2).sum(1).mean())
+    assert rel < 0.1 and sum(losses[-50:]) < sum(losses[:50])
+    with pytest.raises(ValueError, match="integer timesteps"):
+        model(x_t, torch.full((2000,), 500))
