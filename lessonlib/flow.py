@@ -35,7 +35,7 @@ from .types import EpsFn
 __all__ = ["LinearPath", "LINEAR", "VelocityFn", "check_unit_time", "interpolate", "velocity_target",
            "x0_from_velocity", "eps_from_velocity", "velocity_from_eps", "score_from_velocity", "linear_times",
            "velocity_view", "ode_sample", "ODE_METHODS", "make_path", "unit_times", "flow_matching_loss",
-           "straightness", "TIME_SAMPLINGS"]
+           "straightness", "TIME_SAMPLINGS", "nearest_timesteps"]
 
 VelocityFn = Callable[[Tensor, Tensor], Tensor]  # (x_t, t in [0, 1]) -> velocity
 ODE_METHODS = ("euler", "heun")
@@ -146,6 +146,19 @@ def linear_times(schedule: NoiseSchedule, timesteps) -> Tensor:
                         dtype=torch.float64)
 
 
+def nearest_timesteps(schedule: NoiseSchedule, times) -> list[int]:
+    """The DDPM timesteps whose linear-path times are nearest to ``times`` (descending, distinct): a grid chosen in
+    t for an eps-model (lesson 12)."""
+    times = torch.as_tensor(times, dtype=torch.float64).reshape(-1)
+    if len(times) == 0 or float(times.min()) <= 0 or float(times.max()) > 1:
+        raise ValueError("give one or more times in (0, 1]; the final step to t = 0 is added by the sampler.")
+    all_t = linear_times(schedule, range(schedule.T))
+    ks = sorted({int((all_t - t).abs().argmin()) for t in times.tolist()}, reverse=True)
+    if len(ks) < len(times):
+        raise ValueError(f"{len(times)} times map to only {len(ks)} distinct timesteps; use fewer, coarser times.")
+    return ks
+
+
 def velocity_view(eps_fn: EpsFn, schedule: NoiseSchedule, *, clip_x0: bool = False) -> Callable[[Tensor, int], Tensor]:
     """An eps-model on a DDPM schedule as a velocity on the linear path: ``v(x_lin, k)`` at integer timestep k.
 
@@ -186,8 +199,8 @@ def straightness(path: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def ode_sample(fn, x_T: Tensor, schedule: NoiseSchedule | LinearPath, *, steps: int, method: str = "euler",
-               clip_x0: bool = False, trajectory: bool = False) -> Tensor:
+def ode_sample(fn, x_T: Tensor, schedule: NoiseSchedule | LinearPath, *, steps: int | None = None,
+               method: str = "euler", clip_x0: bool = False, trajectory: bool = False, grid=None) -> Tensor:
     """Integrate the probability-flow ODE from noise (t = 1) to data (t = 0) with Euler or Heun (lesson 12).
 
     ``fn`` is a velocity function with ``schedule=LINEAR`` (times evenly spaced from 1 to 0), or an eps-function
@@ -196,18 +209,36 @@ def ode_sample(fn, x_T: Tensor, schedule: NoiseSchedule | LinearPath, *, steps: 
     the model is not defined. Returns the clean sample (x at t = 0). Costs ``steps`` (Euler) or ``2 steps - 1``
     (Heun) model calls. ``trajectory=True`` returns every state instead, (steps + 1, B, ...), in linear-path
     coordinates (for an eps-model: x / (a + s), the DDIM states rescaled).
+
+    ``grid`` replaces the default grid: descending times in (0, 1] for ``LINEAR``, descending integer timesteps
+    for a NoiseSchedule (e.g. from :func:`nearest_timesteps`); the final step to t = 0 is added. The default
+    grid for an eps-model is DDIM's, which ends with timestep 0 (t of about 0.01) before the clean image.
     """
     if method not in ODE_METHODS:
         raise ValueError(f"unknown ODE method {method!r}; choose one of {ODE_METHODS}.")
+    if grid is not None:
+        grid = torch.as_tensor(grid).reshape(-1)
+        if steps is not None and steps != len(grid):
+            raise ValueError(f"steps={steps} but the grid has {len(grid)} points; give one of them.")
+        if len(grid) == 0 or torch.any(grid[1:] >= grid[:-1]):
+            raise ValueError("a grid must be non-empty and strictly descending (from noise towards data).")
+        steps = len(grid)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}.")
     if isinstance(schedule, LinearPath):
-        times = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
+        if grid is None:
+            times = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
+        else:
+            if not grid.dtype.is_floating_point or float(grid[0]) > 1 or float(grid[-1]) <= 0:
+                raise ValueError("a flow grid holds float times in (0, 1], descending; t = 0 is added.")
+            times = torch.cat([grid.double(), torch.zeros(1, dtype=torch.float64)])
         v_fn = _clipped_velocity(fn) if clip_x0 else fn
         keys = [torch.full((x_T.shape[0],), float(t), dtype=x_T.dtype, device=x_T.device) for t in times]
         x = x_T
     elif isinstance(schedule, NoiseSchedule):
-        ks = timestep_sequence(schedule.T, steps).tolist() + [-1]
+        if grid is not None and (grid.dtype.is_floating_point or int(grid[0]) > schedule.T - 1 or int(grid[-1]) < 0):
+            raise ValueError(f"an eps-model's grid holds integer timesteps from {schedule.T - 1} down to 0.")
+        ks = (timestep_sequence(schedule.T, steps) if grid is None else grid).tolist() + [-1]
         times, keys = linear_times(schedule, ks), ks
         v_fn = velocity_view(fn, schedule, clip_x0=clip_x0)
         a, s = _scales(schedule, ks[0])

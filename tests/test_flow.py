@@ -216,3 +216,27 @@ def test_a_small_flow_model_learns_the_toy_velocity():
     assert rel < 0.1 and sum(losses[-50:]) < sum(losses[:50])
     with pytest.raises(ValueError, match="integer timesteps"):
         model(x_t, torch.full((2000,), 500))
+
+
+def test_explicit_grids_reproduce_the_default_ones_and_heun_works_on_an_eps_model():
+    from lessonlib.schedules import timestep_sequence
+
+    noise = torch.randn(500, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    even = flow.ode_sample(TOY.velocity_fn(), noise, flow.LINEAR, grid=torch.linspace(1, 0, 9, dtype=torch.float64)[:-1])
+    torch.testing.assert_close(even, flow.ode_sample(TOY.velocity_fn(), noise, flow.LINEAR, steps=8))
+    ddim = flow.ode_sample(TOY.eps_fn(S), noise, S, grid=timestep_sequence(S.T, 6))
+    torch.testing.assert_close(ddim, flow.ode_sample(TOY.eps_fn(S), noise, S, steps=6))
+    ks = flow.nearest_timesteps(S, torch.linspace(1, 0, 9, dtype=torch.float64)[:-1])
+    assert ks == sorted(set(ks), reverse=True) and len(ks) == 8 and ks[0] == S.T - 1
+    real, _ = TOY.sample(500, generator=torch.Generator().manual_seed(5))
+    floor = abs(energy_distance(real, TOY.sample(500, generator=torch.Generator().manual_seed(6))[0]))
+    heun = flow.ode_sample(TOY.eps_fn(S), noise, S, grid=ks, method="heun")
+    assert energy_distance(heun.float(), real) < floor + 0.02
+    with pytest.raises(ValueError, match="strictly descending"):
+        flow.ode_sample(TOY.velocity_fn(), noise, flow.LINEAR, grid=[0.5, 0.7])
+    with pytest.raises(ValueError, match="integer timesteps"):
+        flow.ode_sample(TOY.eps_fn(S), noise, S, grid=[0.9, 0.5])
+    with pytest.raises(ValueError, match="steps=3 but the grid"):
+        flow.ode_sample(TOY.velocity_fn(), noise, flow.LINEAR, steps=3, grid=[0.9, 0.5])
+    with pytest.raises(ValueError, match="distinct timesteps"):
+        flow.nearest_timesteps(S, [0.9999, 0.99999])
