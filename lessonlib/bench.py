@@ -17,7 +17,7 @@ import torch
 
 from . import zoo
 from .data import load_mnist
-from .frontier import format_frontier, measure_frontier
+from .frontier import LESSON_09, LESSON_11, format_frontier, measure_frontier
 from .guidance import batched_cfg, cfg, conditional
 from .metrics import fid_floor, fid_judge
 from .samplers import sample_images
@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     f = sub.add_parser("frontier", help="every guidance method on one adherence / FID_judge / diversity frontier")
     f.add_argument("--n", type=int, default=200, help="samples per (method, scale), 20 per class (default 200)")
     f.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
-    f.add_argument("--methods", nargs="+", help="a subset of the methods (default: all)")
+    f.add_argument("--methods", nargs="+", help="a subset of the methods, or 'lesson-09' (the default), "
+                                                 "'lesson-11' or 'all'")
     args = parser.parse_args(argv)
     if args.bench == "sampling":
         bench_sampling(n=args.n, n_ddpm=args.n_ddpm, ddim_steps=args.steps, seed=args.seed)
@@ -134,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.bench == "frontier":
         print(f"benchmark: frontier | N = {args.n} per point (10 classes), DDIM-{args.steps}, same noise for every point "
               f"| machine: {zoo.machine_summary()}", flush=True)
-        rows, floor = measure_frontier(n=args.n, steps=args.steps, methods=args.methods)
+        groups = {"lesson-09": LESSON_09, "lesson-11": LESSON_11, "all": list(dict.fromkeys(LESSON_09 + LESSON_11))}
+        methods = [m for name in (args.methods or ["lesson-09"]) for m in groups.get(name, [name])]
+        rows, floor = measure_frontier(n=args.n, steps=args.steps, methods=methods)
         print(format_frontier(rows, floor))
     else:
         bench_widgets(n_images=args.images, steps=args.steps)

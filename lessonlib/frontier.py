@@ -1,8 +1,10 @@
-"""Every guidance method on one fidelity-diversity frontier, from the same noise (lesson 09, ``bench frontier``).
+"""Every guidance method on one fidelity-diversity frontier, from the same noise (lessons 09 and 11, ``bench frontier``).
 
-Each method is a family of EpsFns indexed by its guidance scale; :func:`measure_frontier` samples every
-(method, scale) from the same starting noise with the same sampler and steps, and measures class adherence
-(judge accuracy), FID_judge against as many test images, and diversity (lesson 04's definition).
+Each method is a family of EpsFns indexed by its guidance scale (or, for CFG++, a :class:`Direct` sampler that
+needs its own DDIM loop); :func:`measure_frontier` samples every (method, scale) from the same starting noise
+with the same steps, and measures class adherence (judge accuracy), FID_judge against as many class-matched
+test images, and diversity (lesson 04's definition). :data:`LESSON_09` is the default set; :data:`LESSON_11`
+adds APG, CFG++, CFG-Zero*'s optimised scale, autoguidance and the guidance-distilled student.
 """
 from __future__ import annotations
 
@@ -22,12 +24,27 @@ from .metrics import class_diversity, fid_floor, fid_judge_interval, judge_accur
 from .samplers import sample_images
 from .schedules import NoiseSchedule
 from .types import NULL_CLASS, EpsFn
-from .variants import cfg_variant
+from .variants import apg, autoguidance, cfg_variant, cfg_zero_star, distilled, guided_ddim_sample
 
-__all__ = ["frontier_methods", "measure_frontier", "best_points", "format_frontier"]
+__all__ = ["frontier_methods", "measure_frontier", "best_points", "format_frontier", "Direct", "LESSON_09",
+           "LESSON_11"]
 
 CFG_SCALES = [1.0, 1.5, 2.0, 3.0, 5.0, 8.0]
-MakeEps = Callable[[float, Tensor], EpsFn]  # make(scale, labels) -> EpsFn
+MakeEps = Callable[[float, Tensor], EpsFn]  # make(scale, labels) -> EpsFn (or a Direct sampler)
+LESSON_09 = ["classifier guidance", "CLIP guidance (noise-aware)", "CFG", "CFG perpendicular (eps)",
+             "CFG perpendicular (x0)", "CFG rescale 0.7", "CFG interval t in [200, 800]", "CFG linear schedule"]
+LESSON_11 = ["CFG", "APG (eta 0, r 5, momentum -0.5)", "CFG++ (lambda)", "CFG-Zero* optimised scale",
+             "autoguidance (guide: mnist-cfg-p0.1)", "distilled student (mnist-cfg-distilled)"]
+
+
+class Direct:
+    """A method that samples by itself (CFG++'s own DDIM loop): ``Direct(fn)``, ``fn(noise, steps, clip_x0)``."""
+
+    def __init__(self, fn: Callable[[Tensor, int, bool], Tensor]):
+        self.fn = fn
+
+    def __call__(self, noise: Tensor, steps: int, clip_x0: bool) -> Tensor:
+        return self.fn(noise, steps, clip_x0).clamp(-1, 1)
 
 
 def frontier_methods(schedule: NoiseSchedule) -> dict[str, tuple[list[float], MakeEps]]:
@@ -62,6 +79,17 @@ def frontier_methods(schedule: NoiseSchedule) -> dict[str, tuple[list[float], Ma
         "CFG rescale 0.7": (CFG_SCALES, variant(rescale=0.7)),
         "CFG interval t in [200, 800]": (CFG_SCALES, variant(interval=(200, 800))),
         "CFG linear schedule": (CFG_SCALES, variant(scale_schedule="linear")),
+        # lesson 11
+        "APG (eta 0, r 5, momentum -0.5)": (CFG_SCALES, lambda s, y: apg(
+            load("mnist-cfg"), y, NULL_CLASS, s, schedule=schedule, eta=0.0, norm_threshold=5.0, momentum=-0.5)),
+        "CFG++ (lambda)": ([0.2, 0.4, 0.6, 0.8, 1.0], lambda s, y: Direct(
+            lambda noise, steps, clip: guided_ddim_sample(load("mnist-cfg"), y, NULL_CLASS, s, noise, schedule,
+                                                          steps=steps, plus_plus=True, clip_x0=clip))),
+        "CFG-Zero* optimised scale": (CFG_SCALES, lambda s, y: cfg_zero_star(load("mnist-cfg"), y, NULL_CLASS, s)),
+        "autoguidance (guide: mnist-cfg-p0.1)": ([1.0, 1.5, 2.0, 3.0, 5.0], lambda s, y: autoguidance(
+            load("mnist-cfg"), load("mnist-cfg-p0.1"), y, s)),
+        "distilled student (mnist-cfg-distilled)": (CFG_SCALES, lambda s, y: distilled(
+            load("mnist-cfg-distilled"), y, s)),
     }
 
 
@@ -86,7 +114,7 @@ def measure_frontier(*, n: int = 200, steps: int = 20, seed: int = 0, methods: l
     if unknown:
         raise ValueError(f"unknown methods {sorted(unknown)}; choose from {sorted(table)}.")
     rows = []
-    for name in methods or list(table):
+    for name in methods or LESSON_09:
         own, make = table[name]
         if scales and name in scales:
             own = scales[name]
@@ -94,7 +122,11 @@ def measure_frontier(*, n: int = 200, steps: int = 20, seed: int = 0, methods: l
             own = default_scales
         for s in own:
             start = time.perf_counter()
-            xs = sample_images(make(s, y), noise, schedule, steps=steps, clip_x0=clip_x0, progress=progress)
+            fn = make(s, y)
+            if isinstance(fn, Direct):
+                xs = fn(noise, steps, clip_x0)
+            else:
+                xs = sample_images(fn, noise, schedule, steps=steps, clip_x0=clip_x0, progress=progress)
             seconds = time.perf_counter() - start
             ci = fid_judge_interval(judge, xs, ref)
             rows.append({"method": name, "scale": s, "adherence": judge_accuracy(judge, xs, y),

@@ -18,7 +18,7 @@ __all__ = ["Recipe", "RECIPES", "TASKS"]
 
 
 TASKS = ("diffusion", "text-diffusion", "controlnet", "judge", "noisy-classifier", "clean-classifier", "clip",
-         "noisy-clip", "flow")  # what each means: lessonlib.tasks.TASKS
+         "noisy-clip", "flow", "distill")  # what each means: lessonlib.tasks.TASKS
 _RENAMED = {"cells": "layout_cells"}  # manifest entries written before 0.2 kept these in an untyped ``extra`` dict
 
 
@@ -63,8 +63,8 @@ class Recipe:
         if (self.task == "flow") != (self.schedule == "linear-flow"):
             raise ValueError(f"recipe {self.name!r}: a flow recipe trains on schedule='linear-flow', and only a flow "
                              f"recipe does (task {self.task!r}, schedule {self.schedule!r}).")
-        if self.task == "controlnet" and not self.base:
-            raise ValueError(f"recipe {self.name!r}: a controlnet recipe needs base= (the frozen U-Net's zoo name).")
+        if self.task in ("controlnet", "distill") and not self.base:
+            raise ValueError(f"recipe {self.name!r}: a {self.task} recipe needs base= (the frozen U-Net's zoo name).")
 
     def noise_schedule(self) -> NoiseSchedule | LinearPath:
         """The noise schedule this recipe trains with (and its checkpoint samples with); flow.LINEAR for flows."""
@@ -186,3 +186,9 @@ RECIPES["mnist-controlnet"] = Recipe(
     base="mnist-cfg", layout_cells=7, eval_n=500,
     description="ControlNet on the frozen mnist-cfg U-Net: a trainable copy of its encoder reads a 7x7 coarse ink "
                 "layout of the training digit through zero convolutions; class labels dropped with p_uncond = 0.1")
+RECIPES["mnist-cfg-distilled"] = Recipe(
+    "mnist-cfg-distilled", "distill", "UNet", asdict(replace(_MNIST_UNET, num_classes=10, scale_range=(0.0, 8.0))),
+    steps=2000, batch_size=64, lr=5e-4, ema_decay=0.995, warmup=100, base="mnist-cfg", eval_n=500,
+    description="guidance-distilled student of mnist-cfg (lesson 11): the same U-Net plus a scale embedding, started "
+                "from the teacher's weights, trained to match the teacher's CFG eps at s uniform in [0, 8]; one "
+                "forward pass per step instead of two")

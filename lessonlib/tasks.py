@@ -13,6 +13,8 @@ task up there instead of dispatching on strings:
 | diffusion          | eps MSE, labels dropped at p_uncond        | FID_judge (DDIM-50) or CFG adherence and FID_judge |
 | text-diffusion     | eps MSE on CLIP text features              | digit, thickness and slant adherence               |
 | controlnet         | eps MSE with a coarse-layout hint          | layout IoU and adherence, against the base         |
+| flow               | velocity MSE on the linear path            | as diffusion, with Euler-25                        |
+| distill            | MSE to the base's CFG eps at a random s    | adherence and FID_judge at s = 1, 3, 5 vs the base |
 """
 from __future__ import annotations
 
@@ -48,11 +50,13 @@ from .training import (
     clip_loss_fn,
     diffusion_loss_fn,
     digit_caption_fn,
+    distill_loss_fn,
     flow_loss_fn,
     text_diffusion_loss_fn,
 )
 from .transforms import coarse_layout
 from .types import NULL_CLASS, LossFn
+from .variants import distilled
 
 __all__ = ["Task", "TASKS", "Context", "build_model", "evaluate", "controlnet_comparison"]
 
@@ -83,7 +87,13 @@ def build_model(ctx: Context) -> nn.Module:
     model_cls, config_cls = zoo.ARCHITECTURES[ctx.recipe.arch]
     if ctx.recipe.task == "controlnet":
         return model_cls.from_base(ctx.load(ctx.recipe.base))
-    return model_cls(config_cls(**ctx.recipe.config))
+    model = model_cls(config_cls(**ctx.recipe.config))
+    if ctx.recipe.task == "distill":  # the student starts as its teacher; the new scale embedding starts at zero
+        missing, unexpected = model.load_state_dict(ctx.load(ctx.recipe.base).state_dict(), strict=False)
+        if unexpected or any(not k.startswith("scale_mlp.") for k in missing):
+            raise ValueError(f"the student's config must be its teacher's plus scale_range; missing {missing}, "
+                             f"unexpected {unexpected}.")
+    return model
 
 
 # ---- losses: each builds the LossFn that lessonlib.training.fit minimises --------------------------------------
@@ -103,6 +113,12 @@ def _diffusion_loss(ctx: Context, model: nn.Module, train: ImageSet, gen: torch.
 def _flow_loss(ctx: Context, model: nn.Module, train: ImageSet, gen: torch.Generator) -> LossFn:
     return flow_loss_fn(train.images, train.labels, batch_size=ctx.recipe.batch_size, p_uncond=ctx.recipe.p_uncond,
                         generator=gen)
+
+
+def _distill_loss(ctx: Context, model: nn.Module, train: ImageSet, gen: torch.Generator) -> LossFn:
+    teacher = ctx.load(ctx.recipe.base).eval().requires_grad_(False)
+    return distill_loss_fn(teacher, train.images, train.labels, ctx.schedule, batch_size=ctx.recipe.batch_size,
+                           scale_range=model.config.scale_range, generator=gen)
 
 
 def _controlnet_loss(ctx: Context, model: nn.Module, train: ImageSet, gen: torch.Generator) -> LossFn:
@@ -282,6 +298,24 @@ def controlnet_comparison(net: nn.Module, images: Tensor, labels: Tensor, judge:
     return out
 
 
+def _eval_distill(ctx: Context, model: nn.Module, test: ImageSet) -> dict:
+    """Student (one pass per step) and teacher (CFG, two) from the same noise: adherence and FID_judge, DDIM-25."""
+    judge = _judge_or_note(ctx)
+    if isinstance(judge, dict):
+        return judge
+    n, teacher = ctx.recipe.eval_n, ctx.load(ctx.recipe.base)
+    y = torch.arange(n) % model.config.num_classes
+    ref = test.matched(y, seed=0)
+    out = {"fid_floor": fid_floor(judge, test.images, labels=test.labels, matched_to=y), "n": n,
+           "sampler": "ddim-25", "reference": "class-matched"}
+    for scale in (1.0, 3.0, 5.0):
+        for who, fn in (("student", distilled(model, y, scale)),
+                        ("teacher", batched_cfg(teacher, y, NULL_CLASS, scale))):
+            xs = sample_images(fn, n, ctx.schedule, steps=25, batch=n, progress=ctx.progress)
+            out[f"{who}{scale:g}"] = {"fid_judge": fid_judge(judge, xs, ref), "adherence": judge_accuracy(judge, xs, y)}
+    return out
+
+
 def _eval_controlnet(ctx: Context, model: nn.Module, test: ImageSet) -> dict:
     judge = _judge_or_note(ctx)
     if isinstance(judge, dict):
@@ -301,6 +335,7 @@ TASKS: dict[str, Task] = {
     "flow": Task(_flow_loss, _eval_diffusion),
     "text-diffusion": Task(_text_diffusion_loss, _eval_text_diffusion),
     "controlnet": Task(_controlnet_loss, _eval_controlnet),
+    "distill": Task(_distill_loss, _eval_distill),
 }
 
 

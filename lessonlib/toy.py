@@ -21,10 +21,11 @@ from .flow import check_unit_time, flow_matching_loss
 from .nets.embedding import timestep_embedding
 from .progress import progress_bar
 from .schedules import NoiseSchedule
+from .training import drop_conditions
 from .types import EpsFn, GradFn
 
-__all__ = ["GaussianMixture2D", "ToyEpsMLP", "ToyVelocityMLP", "fit_toy_eps_model", "fit_toy_flow_model",
-           "eps_error_by_t"]
+__all__ = ["GaussianMixture2D", "ToyEpsMLP", "ToyVelocityMLP", "ToyCondEpsMLP", "fit_toy_eps_model",
+           "fit_toy_flow_model", "fit_toy_cond_model", "eps_error_by_t"]
 
 
 def _marginal_score(log_joint: Tensor, scores: Tensor) -> Tensor:
@@ -34,12 +35,18 @@ def _marginal_score(log_joint: Tensor, scores: Tensor) -> Tensor:
 
 @dataclass(eq=False)
 class GaussianMixture2D:
-    """Exact labelled mixture in 2-D; the default has three overlapping, anisotropic classes."""
+    """Exact labelled mixture in 2-D; the default has three overlapping, anisotropic classes.
+
+    By default component k is class k. Give ``labels`` (one class per component) for classes made of several
+    components, as in :meth:`tree` (lesson 11); then classes, class posteriors and class scores sum over the
+    components of a class.
+    """
 
     means: Tensor = field(default_factory=lambda: torch.tensor([[-1.6, -0.9], [1.6, -0.9], [0.0, 1.4]]))
     covs: Tensor = field(default_factory=lambda: torch.tensor(
         [[[0.55, 0.25], [0.25, 0.35]], [[0.30, -0.18], [-0.18, 0.45]], [[0.70, 0.0], [0.0, 0.18]]]))
     weights: Tensor = field(default_factory=lambda: torch.tensor([0.45, 0.35, 0.20]))
+    labels: Tensor | None = None
 
     def __post_init__(self):
         self.means = torch.as_tensor(self.means, dtype=torch.float64)
@@ -53,10 +60,60 @@ class GaussianMixture2D:
         if torch.any(self.weights <= 0):
             raise ValueError("mixture weights must be positive.")
         self.weights = self.weights / self.weights.sum()
+        if self.labels is not None:
+            self.labels = torch.as_tensor(self.labels, dtype=torch.long).reshape(-1)
+            if self.labels.shape != (K,) or int(self.labels.min()) != 0:
+                raise ValueError(f"labels must give one class per component ({K}), numbered from 0.")
+            if len(self.labels.unique()) != int(self.labels.max()) + 1:
+                raise ValueError("labels must use every class from 0 to the largest one.")
 
     @property
     def num_classes(self) -> int:
-        return self.means.shape[0]
+        return self.means.shape[0] if self.labels is None else int(self.labels.max()) + 1
+
+    @classmethod
+    def tree(cls, *, depth: int = 4, spread: float = 0.55, decay: float = 0.6, width: float = 0.05):
+        """Two classes, each a branching tree of thin Gaussian segments (lesson 11's autoguidance toy).
+
+        Each class grows a trunk from near the origin (class 0 up and to the left, class 1 up and to the right);
+        every segment forks into two, ``spread`` radians apart, each ``decay`` times as long and as heavy as its
+        parent, for ``depth`` levels. Outer branches are thin and rare: low density, but part of the data.
+        """
+        if not (isinstance(depth, int) and 1 <= depth <= 6):
+            raise ValueError(f"depth must be an integer from 1 to 6, got {depth!r}.")
+        means, covs, weights, labels, level = [], [], [], [], []
+        for c, angle in enumerate((math.pi / 2 + 0.45, math.pi / 2 - 0.45)):
+            stack = [((0.0, -1.6), angle, 1.3, 1.0, 0)]
+            while stack:
+                (x, y), a, length, w, d = stack.pop()
+                dx, dy = math.cos(a), math.sin(a)
+                end = (x + length * dx, y + length * dy)
+                rot = torch.tensor([[dx, -dy], [dy, dx]], dtype=torch.float64)
+                var = torch.diag(torch.tensor([(length / 3.5) ** 2, (width * (0.8 ** d)) ** 2], dtype=torch.float64))
+                means.append([(x + end[0]) / 2, (y + end[1]) / 2])
+                covs.append(rot @ var @ rot.T)
+                weights.append(w)
+                labels.append(c)
+                level.append(d)
+                if d + 1 < depth:
+                    for side in (-1, 1):
+                        stack.append((end, a + side * spread / 2, length * decay, w * decay, d + 1))
+        mixture = cls(torch.tensor(means), torch.stack(covs), torch.tensor(weights), torch.tensor(labels))
+        mixture.levels = torch.tensor(level)
+        return mixture
+
+    def _by_class(self, log_joint: Tensor) -> Tensor:
+        """log p(x, class) from log p(x, component): (B, K) -> (B, C)."""
+        if self.labels is None:
+            return log_joint
+        return torch.stack([torch.logsumexp(log_joint[:, self.labels == c], 1) for c in range(self.num_classes)], 1)
+
+    def _class_scores(self, log_joint: Tensor, scores: Tensor, y: Tensor) -> Tensor:
+        """grad log p_t(x | y) per row, for classes y (B,)."""
+        if self.labels is None:
+            return scores[torch.arange(len(y)), y]
+        masked = log_joint.masked_fill(self.labels[None, :] != y[:, None], -math.inf)
+        return _marginal_score(masked, scores)
 
     # ---- exact densities at a noise level abar (a tensor (B,) or a number; abar = 1 is clean) ----
     def _noisy_components(self, abar: Tensor):
@@ -90,8 +147,8 @@ class GaussianMixture2D:
         return torch.logsumexp(self.log_joint(x, abar), dim=1)
 
     def posterior(self, x: Tensor, abar) -> Tensor:
-        """p_t(k | x), shape (B, K): the exact noise-aware classifier."""
-        return torch.softmax(self.log_joint(x, abar), dim=1)
+        """p_t(class | x), shape (B, C): the exact noise-aware classifier."""
+        return torch.softmax(self._by_class(self.log_joint(x, abar)), dim=1)
 
     def score(self, x: Tensor, abar, y=None) -> Tensor:
         """grad log p_t(x), or grad log p_t(x | y) when a class y is given; shape (B, 2), x's dtype."""
@@ -99,7 +156,7 @@ class GaussianMixture2D:
         if y is None:
             out = _marginal_score(log_joint, scores)
         else:
-            out = scores[torch.arange(x.shape[0]), self._classes(y, x.shape[0])]
+            out = self._class_scores(log_joint, scores, self._classes(y, x.shape[0]))
         return out.to(x)
 
     def posterior_mean_x0(self, x: Tensor, abar) -> Tensor:
@@ -111,12 +168,12 @@ class GaussianMixture2D:
         mean, cov = self._noisy_components(abar64)
         gain = abar64.sqrt().reshape(-1, 1, 1, 1) * self.covs @ torch.linalg.inv(cov)  # (B, K, 2, 2)
         per_k = self.means + (gain @ (x64.unsqueeze(1) - mean).unsqueeze(-1)).squeeze(-1)
-        return (self.posterior(x, abar).unsqueeze(-1) * per_k).sum(1).to(x)
+        return (torch.softmax(self.log_joint(x, abar), 1).unsqueeze(-1) * per_k).sum(1).to(x)
 
     def classifier_grad(self, x: Tensor, abar, y) -> Tensor:
         """grad log p_t(y | x) = grad log p_t(x | y) - grad log p_t(x) (Bayes), shape (B, 2)."""
         log_joint, scores = self._terms(x, abar)
-        chosen = scores[torch.arange(x.shape[0]), self._classes(y, x.shape[0])]
+        chosen = self._class_scores(log_joint, scores, self._classes(y, x.shape[0]))
         return (chosen - _marginal_score(log_joint, scores)).to(x)
 
     def _classes(self, y, batch: int) -> Tensor:
@@ -175,13 +232,26 @@ class GaussianMixture2D:
     # ---- samples ----
     def sample(self, n: int, *, generator=None, y=None) -> tuple[Tensor, Tensor]:
         """n clean points and their classes (float32, long); all of class y if given."""
-        if y is None:
-            labels = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        if self.labels is None:
+            if y is None:
+                comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+            else:
+                comp = self._classes(y, n).clone()
+            classes = comp
         else:
-            labels = self._classes(y, n).clone()
-        chol = torch.linalg.cholesky(self.covs)[labels]
+            if y is None:
+                comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+            else:
+                wanted = self._classes(y, n)
+                comp = torch.empty(n, dtype=torch.long)
+                for c in wanted.unique():
+                    rows = (wanted == c).nonzero().squeeze(1)
+                    w = self.weights * (self.labels == c)
+                    comp[rows] = torch.multinomial(w, len(rows), replacement=True, generator=generator)
+            classes = self.labels[comp]
+        chol = torch.linalg.cholesky(self.covs)[comp]
         z = torch.randn(n, 2, 1, generator=generator, dtype=torch.float64)
-        return (self.means[labels] + (chol @ z).squeeze(-1)).float(), labels
+        return (self.means[comp] + (chol @ z).squeeze(-1)).float(), classes
 
     def tilted_sample(self, n: int, y: int, scale: float, *, generator=None, grid: int = 400) -> Tensor:
         """n points from the tilted clean density p(x) p(y | x)^scale, normalised on a fine grid."""
@@ -189,7 +259,7 @@ class GaussianMixture2D:
         hi = (self.means + 5 * self.covs.diagonal(dim1=1, dim2=2).sqrt()).max(0).values
         axes = [torch.linspace(float(lo[i]), float(hi[i]), grid, dtype=torch.float64) for i in range(2)]
         pts = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 2)
-        log_joint = self.log_joint(pts, 1.0)
+        log_joint = self._by_class(self.log_joint(pts, 1.0))
         log_p = torch.logsumexp(log_joint, 1)
         logits = log_p + scale * (log_joint[:, y] - log_p)
         idx = torch.multinomial(torch.softmax(logits, 0), n, replacement=True, generator=generator)
@@ -204,14 +274,35 @@ class ToyEpsMLP(nn.Module):
     def __init__(self, hidden: int = 128, depth: int = 3, time_dim: int = 32):
         super().__init__()
         self.time_dim = time_dim
-        layers, width = [], 2 + time_dim
-        for _ in range(depth):
-            layers += [nn.Linear(width, hidden), nn.SiLU()]
-            width = hidden
-        self.net = nn.Sequential(*layers, nn.Linear(width, 2))
+        self.net = _mlp(2 + time_dim, hidden, depth)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         return self.net(torch.cat([x, timestep_embedding(t, self.time_dim)], dim=1))
+
+
+def _mlp(width: int, hidden: int, depth: int) -> nn.Sequential:
+    layers = []
+    for _ in range(depth):
+        layers += [nn.Linear(width, hidden), nn.SiLU()]
+        width = hidden
+    return nn.Sequential(*layers, nn.Linear(width, 2))
+
+
+class ToyCondEpsMLP(nn.Module):
+    """A class-conditional toy eps-model ``(x, t, y) -> eps``; class -1 is the null label for CFG (lesson 11)."""
+
+    def __init__(self, num_classes: int, hidden: int = 128, depth: int = 3, time_dim: int = 32, class_dim: int = 16):
+        super().__init__()
+        self.num_classes, self.time_dim = num_classes, time_dim
+        self.embed = nn.Embedding(num_classes + 1, class_dim)  # the last row is the null class
+        self.net = _mlp(2 + time_dim + class_dim, hidden, depth)
+
+    def forward(self, x: Tensor, t: Tensor, y) -> Tensor:
+        y = torch.as_tensor(y, device=x.device).reshape(-1).long().expand(x.shape[0])
+        if torch.any((y < -1) | (y >= self.num_classes)):
+            raise ValueError(f"classes are 0..{self.num_classes - 1}, or -1 for the null class; got {y.unique().tolist()}.")
+        emb = self.embed(torch.where(y < 0, torch.full_like(y, self.num_classes), y))
+        return self.net(torch.cat([x, timestep_embedding(t, self.time_dim), emb], dim=1))
 
 
 class ToyVelocityMLP(ToyEpsMLP):
@@ -230,8 +321,8 @@ def _fit_toy(model: nn.Module, mixture: GaussianMixture2D, loss_fn, *, steps: in
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     losses = []
     for _ in progress_bar(range(steps), desc=desc, enabled=progress):
-        x0, _ = mixture.sample(batch, generator=gen)
-        loss = loss_fn(model, x0, gen)
+        x0, labels = mixture.sample(batch, generator=gen)
+        loss = loss_fn(model, x0, labels, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -244,7 +335,7 @@ def fit_toy_eps_model(mixture: GaussianMixture2D, schedule: NoiseSchedule, *, st
                       batch: int = 512, lr: float = 2e-3, seed: int = 0, progress: bool = True):
     """Train :class:`ToyEpsMLP` by denoising score matching on fresh mixture samples; returns (model, losses)."""
     torch.manual_seed(seed)
-    return _fit_toy(ToyEpsMLP(), mixture, lambda m, x0, gen: denoising_loss(m, x0, schedule, generator=gen),
+    return _fit_toy(ToyEpsMLP(), mixture, lambda m, x0, _, gen: denoising_loss(m, x0, schedule, generator=gen),
                     steps=steps, batch=batch, lr=lr, seed=seed, progress=progress, desc="toy DSM")
 
 
@@ -253,8 +344,25 @@ def fit_toy_flow_model(mixture: GaussianMixture2D, *, steps: int = 3000, batch: 
     """Train :class:`ToyVelocityMLP` by flow matching on the linear path; returns (model, losses) (lesson 12)."""
     torch.manual_seed(seed)
     return _fit_toy(ToyVelocityMLP(), mixture,
-                    lambda m, x0, gen: flow_matching_loss(m, x0, generator=gen, sampling=sampling),
+                    lambda m, x0, _, gen: flow_matching_loss(m, x0, generator=gen, sampling=sampling),
                     steps=steps, batch=batch, lr=lr, seed=seed, progress=progress, desc="toy flow matching")
+
+
+def fit_toy_cond_model(mixture: GaussianMixture2D, schedule: NoiseSchedule, *, steps: int = 3000, hidden: int = 128,
+                       p_uncond: float = 0.1, batch: int = 512, lr: float = 2e-3, seed: int = 0,
+                       progress: bool = True):
+    """Train :class:`ToyCondEpsMLP` with label dropout (CFG's recipe, lesson 07) on the mixture's classes.
+
+    A small ``hidden`` or few ``steps`` gives the weaker model that autoguidance needs (lesson 11).
+    """
+    torch.manual_seed(seed)
+
+    def loss(m, x0, labels, gen):
+        cond = drop_conditions(labels, p_uncond, gen)
+        return denoising_loss(m, x0, schedule, generator=gen, y=cond)
+
+    return _fit_toy(ToyCondEpsMLP(mixture.num_classes, hidden=hidden), mixture, loss, steps=steps, batch=batch,
+                    lr=lr, seed=seed, progress=progress, desc="toy conditional DSM")
 
 
 @torch.no_grad()

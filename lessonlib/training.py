@@ -35,7 +35,7 @@ from .transforms import random_shift
 from .types import NULL_CLASS, LossFn
 
 __all__ = ["TrainResult", "EMA", "fit", "drop_mask", "drop_conditions", "diffusion_loss_fn", "classifier_loss_fn",
-           "digit_caption_fn", "clip_loss_fn", "text_diffusion_loss_fn"]
+           "digit_caption_fn", "clip_loss_fn", "text_diffusion_loss_fn", "flow_loss_fn", "distill_loss_fn"]
 
 
 @dataclass
@@ -149,6 +149,29 @@ def flow_loss_fn(images: Tensor, labels: Tensor, *, batch_size: int, p_uncond: f
         x0, y = _batch(images, labels, batch_size, generator)
         cond = drop_conditions(y, p_uncond, generator)
         return flow_matching_loss(lambda x, t: model(x, t, cond), x0, generator=generator, sampling=time_sampling)
+    return loss
+
+
+def distill_loss_fn(teacher: nn.Module, images: Tensor, labels: Tensor, schedule, *, batch_size: int,
+                    scale_range: tuple[float, float], generator: torch.Generator) -> LossFn:
+    """Guidance distillation, stage 1 (Meng et al. 2023, lesson 11): the student, told the scale s, matches the
+    teacher's classifier-free guided eps_u + s (eps_c - eps_u) at that s.
+
+    x_t comes from real digits noised at t uniform; s is uniform over ``scale_range``, one per image; the frozen
+    teacher's two passes are batched and run without gradients.
+    """
+    lo, hi = scale_range
+
+    def loss(model: nn.Module, step: int) -> Tensor:
+        x0, y = _batch(images, labels, batch_size, generator)
+        t = torch.randint(0, schedule.T, (len(x0),), generator=generator)
+        x_t = q_sample(schedule, x0, t, torch.randn(x0.shape, generator=generator))
+        s = lo + (hi - lo) * torch.rand(len(x0), generator=generator)
+        with torch.no_grad():
+            u, c = teacher(torch.cat([x_t, x_t]), torch.cat([t, t]),
+                           torch.cat([torch.full_like(y, NULL_CLASS), y])).chunk(2)
+            target = torch.lerp(u, c, s.view(-1, *([1] * (x0.ndim - 1))))
+        return (model(x_t, t, {"class": y, "scale": s}) - target).pow(2).mean()
     return loss
 
 

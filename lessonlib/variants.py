@@ -18,6 +18,16 @@ The guided prediction is written c + (s_t - 1)(d_perp + eta d_par), which is u +
 :func:`cfg_zero_star` (Fan et al. 2025, lesson 12) works on eps- and velocity models alike: it scales the
 unconditional prediction by s* = <c, u> / |u|^2 (per sample) before guiding, s* u + s (c - s* u), and for a
 velocity model it can zero the first steps ("zero-init"). Neutral: ``optimized=False, zero_init=0``.
+
+Lesson 11's methods:
+
+- :func:`apg` (Sadat et al. 2024): the guidance difference d = c - u (on x0_hat by default) as a running average
+  with negative momentum, its norm capped at r, its part parallel to c weighted by eta:
+  c + (s - 1)(d_perp + eta d_par). Neutral: ``eta=1, norm_threshold=None, momentum=0``.
+- :func:`guided_ddim_sample` / :func:`guided_ddim_invert` with ``plus_plus=True`` (CFG++, Chung et al. 2024):
+  x0_hat from eps_u + lam (eps_c - eps_u), lam in [0, 1], the step re-noised with eps_u (and, when inverting,
+  the roles swapped). At lam = 0 it is unconditional DDIM, which is CFG at s = 0.
+- :func:`autoguidance` (Karras et al. 2024): D_bad + w (D_good - D_bad), both conditional; at w = 1 the good model.
 """
 from __future__ import annotations
 
@@ -28,11 +38,12 @@ import torch
 from torch import Tensor
 
 from .diffusion import eps_from_x0, x0_from_eps
-from .guidance import batched_predictions, check_scale, combine
-from .schedules import NoiseSchedule
+from .guidance import batched_predictions, check_scale, combine, conditional
+from .schedules import NoiseSchedule, timestep_sequence
 from .types import EpsFn
 
-__all__ = ["cfg_variant", "cfg_zero_star", "optimized_scale", "parallel_part", "check_interval"]
+__all__ = ["cfg_variant", "cfg_zero_star", "optimized_scale", "parallel_part", "check_interval", "apg",
+           "guided_ddim_sample", "guided_ddim_invert", "autoguidance", "distilled"]
 
 
 def parallel_part(d: Tensor, c: Tensor) -> Tensor:
@@ -142,3 +153,144 @@ def cfg_zero_star(model: Callable, cond: Any, null_cond: Any, scale: float, *, o
         return out
 
     return fn
+
+
+def _finite(value, name: str, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (lo < value if lo_open else lo <= value) and (value < hi if hi_open else value <= hi)
+    if not ok:
+        raise ValueError(f"{name} must lie in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}, "
+                         f"got {value!r}.")
+    return float(value)
+
+
+def apg(model: Callable, cond: Any, null_cond: Any, scale: float, *, schedule: NoiseSchedule, eta: float = 0.0,
+        norm_threshold: float | None = None, momentum: float = 0.0, space: str = "x0") -> EpsFn:
+    """Adaptive projected guidance (Sadat et al. 2024) as an eps-function (lesson 11).
+
+    d = c - u on x0_hat (``space="x0"``, the paper's choice) or on eps; with ``momentum`` beta in (-1, 0],
+    d is replaced by the running average m = d + beta m over the steps of one sampling run; its norm is
+    capped at ``norm_threshold`` r (per sample); the guided prediction is c + (s - 1)(d_perp + eta d_par) with
+    the parallel part taken along c. The running average starts afresh whenever the timestep does not
+    decrease or the batch changes (a new sampling run); it assumes one call per step (DDIM, DDPM, Euler).
+    """
+    scale = check_scale(scale)
+    eta = _finite(eta, "eta", 0.0, 1.0)
+    momentum = _finite(momentum, "momentum", -1.0, 0.0, lo_open=True)
+    if norm_threshold is not None:
+        norm_threshold = _finite(norm_threshold, "norm_threshold r", 0.0, math.inf, lo_open=True, hi_open=True)
+    if space not in ("eps", "x0"):
+        raise ValueError(f"space must be 'eps' or 'x0', got {space!r}.")
+    predict = batched_predictions(model, [null_cond, cond])
+    state: dict[str, Any] = {"t": None, "shape": None, "average": None}
+
+    def eps_fn(x: Tensor, t: Tensor) -> Tensor:
+        eps_u, eps_c = predict(x, t)
+        if eta == 1 and norm_threshold is None and momentum == 0:
+            return combine(eps_u, [(eps_c, scale)])
+        if space == "x0":
+            u, c = x0_from_eps(schedule, x, t, eps_u), x0_from_eps(schedule, x, t, eps_c)
+        else:
+            u, c = eps_u, eps_c
+        d = c - u
+        now = float(torch.as_tensor(t).reshape(-1)[0])
+        if state["t"] is None or now >= state["t"] or state["shape"] != tuple(x.shape):
+            state["average"] = None  # a new sampling run
+        state["t"], state["shape"] = now, tuple(x.shape)
+        if momentum != 0:
+            state["average"] = d if state["average"] is None else d + momentum * state["average"]
+            d = state["average"]
+        if norm_threshold is not None:
+            norm = d.flatten(1).norm(dim=1).reshape(-1, *([1] * (d.ndim - 1)))
+            d = d * (norm_threshold / norm.clamp_min(1e-12)).clamp(max=1.0)
+        d_par = parallel_part(d, c)
+        guided = c + (scale - 1) * ((d - d_par) + eta * d_par)
+        return eps_from_x0(schedule, x, t, guided) if space == "x0" else guided
+
+    return eps_fn
+
+
+def _abar(schedule: NoiseSchedule, k: int) -> float:
+    return 1.0 if k < 0 else float(schedule.abar[k])
+
+
+def _guided_ddim(model, cond, null_cond, scale: float, x: Tensor, schedule: NoiseSchedule, *, steps: int,
+                 plus_plus: bool, invert: bool, clip_x0: bool) -> Tensor:
+    if plus_plus:
+        scale = _finite(scale, "CFG++'s lambda", 0.0, 1.0)
+    else:
+        scale = check_scale(scale)
+    predict = batched_predictions(model, [null_cond, cond])
+    ks = timestep_sequence(schedule.T, steps).tolist() + [-1]  # descending, then the clean image
+    pairs = list(zip(ks[:-1], ks[1:])) if not invert else [(b, a) for a, b in reversed(list(zip(ks[:-1], ks[1:])))]
+    for k_from, k_to in pairs:
+        k_eval = max(k_from, 0)  # inverting from the clean image evaluates the model at timestep 0
+        eps_u, eps_c = predict(x, torch.full((x.shape[0],), k_eval, dtype=torch.long, device=x.device))
+        guided = combine(eps_u, [(eps_c, scale)])
+        eps_x0, eps_dir = guided, guided
+        if plus_plus:
+            eps_x0, eps_dir = (eps_u, guided) if invert else (guided, eps_u)
+        a_from, a_to = _abar(schedule, k_from), _abar(schedule, k_to)
+        x0 = (x - (1 - a_from) ** 0.5 * eps_x0) / a_from ** 0.5
+        if clip_x0:
+            x0 = x0.clamp(-1, 1)
+        x = a_to ** 0.5 * x0 + (1 - a_to) ** 0.5 * eps_dir
+    return x
+
+
+@torch.no_grad()
+def guided_ddim_sample(model: Callable, cond: Any, null_cond: Any, scale: float, x_T: Tensor,
+                       schedule: NoiseSchedule, *, steps: int, plus_plus: bool = False, clip_x0: bool = True) -> Tensor:
+    """DDIM (eta = 0) with CFG at ``scale``, or with CFG++ (``plus_plus=True``, ``scale`` = lambda in [0, 1]):
+    x0_hat from the guided eps, the step re-noised with eps_u (lesson 11)."""
+    return _guided_ddim(model, cond, null_cond, scale, x_T, schedule, steps=steps, plus_plus=plus_plus,
+                        invert=False, clip_x0=clip_x0)
+
+
+@torch.no_grad()
+def guided_ddim_invert(model: Callable, cond: Any, null_cond: Any, scale: float, x0: Tensor,
+                       schedule: NoiseSchedule, *, steps: int, plus_plus: bool = False) -> Tensor:
+    """DDIM inversion, clean image -> noise on the same grid :func:`guided_ddim_sample` walks back (lesson 11).
+
+    Each step evaluates the model at the current, less noisy point and moves up: with CFG, x0_hat and the new
+    noise both from the guided eps; with CFG++, x0_hat from eps_u and the noise from the guided eps.
+    """
+    return _guided_ddim(model, cond, null_cond, scale, x0, schedule, steps=steps, plus_plus=plus_plus,
+                        invert=True, clip_x0=False)
+
+
+def autoguidance(good: Callable, bad: Callable, cond: Any, weight: float, *, probe: Tensor | None = None) -> EpsFn:
+    """Autoguidance (Karras et al. 2024): eps_bad + w (eps_good - eps_bad), both conditioned on ``cond``.
+
+    ``bad`` is a weaker version of ``good`` (smaller or less trained) with the same inputs and classes. Give a
+    ``probe`` batch (x, or (x, t)) to check at once that both models accept it and agree in output shape.
+    """
+    weight = check_scale(weight, "weight")
+    for name, m in (("good", good), ("bad", bad)):
+        if not callable(m):
+            raise ValueError(f"the {name} model must be callable as model(x_t, t, cond), got {type(m).__name__}.")
+    classes = [getattr(m, "num_classes", None) for m in (good, bad)]
+    if None not in classes and classes[0] != classes[1]:
+        raise ValueError(f"the guide model has {classes[1]} classes, the main model {classes[0]}: autoguidance "
+                         "needs a weaker version of the same model (same inputs, same classes).")
+    if probe is not None:
+        x, t = probe if isinstance(probe, tuple) else (probe, torch.zeros(probe.shape[0], dtype=torch.long))
+        with torch.no_grad():
+            shapes = [tuple(conditional(m, cond)(x, t).shape) for m in (good, bad)]
+        if shapes[0] != shapes[1]:
+            raise ValueError(f"the good model returns {shapes[0]}, the bad one {shapes[1]}: they must predict the "
+                             "same thing for the same input.")
+    predict_good, predict_bad = conditional(good, cond), conditional(bad, cond)
+
+    def eps_fn(x: Tensor, t: Tensor) -> Tensor:
+        return combine(predict_bad(x, t), [(predict_good(x, t), weight)])
+
+    return eps_fn
+
+
+def distilled(student: Callable, cond: Any, scale: float) -> EpsFn:
+    """A guidance-distilled student (``UNetConfig.scale_range``) at scale s: one forward pass per step (lesson 11).
+
+    The student itself refuses a scale outside the range it was distilled for.
+    """
+    return conditional(student, {"class": cond, "scale": check_scale(scale)})

@@ -68,8 +68,8 @@ def checkpoint_dir() -> Path | None:
     return Path(env).expanduser() if env else None
 
 
-def _manifest_path(directory: Path | None) -> Path:
-    return directory / "manifest.json" if directory is not None else SHIPPED_MANIFEST
+def _manifest_path(directory: str | Path | None) -> Path:
+    return Path(directory) / "manifest.json" if directory is not None else SHIPPED_MANIFEST
 
 
 def manifest(directory: Path | None = None) -> dict:
@@ -133,9 +133,9 @@ def _fetch(url: str, target: Path, expected: dict) -> None:
             os.remove(tmp)
 
 
-def checkpoint_file(name: str, *, directory: Path | None = None) -> Path:
+def checkpoint_file(name: str, *, directory: str | Path | None = None) -> Path:
     """The verified local file of checkpoint ``name``: from the repository, the cache, or downloaded once (lesson 02)."""
-    directory = directory or checkpoint_dir()
+    directory = Path(directory) if directory is not None else checkpoint_dir()
     record = entry(name, directory=directory)
     if directory is not None:  # a zoo of your own: its files live beside its manifest, never fetched
         path = directory / record["file"]

@@ -41,3 +41,16 @@ def serve_folder(root: Path):
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def loss_before_after(model: torch.nn.Module, loss, *, repeats: int = 4, **fit_kwargs) -> tuple[float, float]:
+    """The mean of ``repeats`` batches of ``loss`` before and after ``training.fit(model, loss, **fit_kwargs)``."""
+    from lessonlib.training import fit
+
+    def mean_loss() -> float:
+        with torch.no_grad():
+            return sum(float(loss(model, 0)) for _ in range(repeats)) / repeats
+
+    first = mean_loss()
+    fit(model, loss, progress=False, **fit_kwargs)
+    return first, mean_loss()

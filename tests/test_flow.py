@@ -1,6 +1,7 @@
 """Flow matching on the linear path: conversions, the exact toy velocity, Euler/Heun, DDIM = Euler (lesson 12)."""
 import pytest
 import torch
+from helpers import loss_before_after
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -124,18 +125,14 @@ def test_a_velocity_unet_takes_unit_times_and_refuses_integer_timesteps():
 
 def test_flow_loss_trains_a_velocity_model_towards_the_target():
     from lessonlib.nets.unet import UNet
-    from lessonlib.training import fit, flow_loss_fn
+    from lessonlib.training import flow_loss_fn
 
     g = torch.Generator().manual_seed(0)
     images = torch.rand(64, 1, 28, 28, generator=g) * 2 - 1
     labels = torch.arange(64) % 10
     net = UNet(base_channels=8, channel_mults=(1, 2), groups=4, num_classes=10, prediction="velocity")
     loss = flow_loss_fn(images, labels, batch_size=16, p_uncond=0.1, generator=g)
-    with torch.no_grad():
-        first = sum(float(loss(net, 0)) for _ in range(4)) / 4
-    fit(net, loss, steps=60, lr=3e-3, warmup=10, progress=False)
-    with torch.no_grad():
-        last = sum(float(loss(net, 0)) for _ in range(4)) / 4
+    first, last = loss_before_after(net, loss, steps=60, lr=3e-3, warmup=10)
     assert last < 0.8 * first, (first, last)
     with pytest.raises(ValueError, match="time_sampling"):
         flow_loss_fn(images, labels, batch_size=16, p_uncond=0.1, generator=g, time_sampling="beta")

@@ -61,9 +61,15 @@ class UNetConfig:
     dropout: float = 0.0
     groups: int = 8
     prediction: str = "eps"  # "eps" (integer DDPM timesteps) or "velocity" (flow matching, float t in [0, 1], lesson 12)
+    scale_range: tuple[float, float] | None = None  # a guidance-distilled student: cond["scale"] in this range (lesson 11)
 
     def __post_init__(self):
         self.channel_mults = tuple(self.channel_mults)
+        if self.scale_range is not None:
+            lo, hi = (float(v) for v in self.scale_range)
+            if not 0 <= lo < hi:
+                raise ValueError(f"scale_range must be (lo, hi) with 0 <= lo < hi, got {self.scale_range!r}.")
+            self.scale_range = (lo, hi)
         self.attention_resolutions = tuple(self.attention_resolutions)
         factor = self.patch_size * 2 ** (len(self.channel_mults) - 1)
         if self.image_size % factor:
@@ -166,6 +172,9 @@ class UNet(nn.Module):
             self.null_vec = nn.Parameter(torch.zeros(cfg.cond_dim))
         if cfg.context_dim:
             self.null_token = nn.Parameter(torch.zeros(cfg.context_dim))
+        if cfg.scale_range:  # the guidance scale, embedded like t (100 s), zero at initialisation
+            self.scale_mlp = TimeMLP(C, emb_dim)
+            zero_init(self.scale_mlp[-1])
         gated = cfg.class_injection == "adaln_zero"
         block = lambda cin, cout: ResBlock(cin, cout, emb_dim, groups=g, dropout=cfg.dropout, gated=gated)  # noqa: E731
 
@@ -208,9 +217,14 @@ class UNet(nn.Module):
         """Time embedding plus the condition's embedding, (B, 4 * base_channels)."""
         emb = self.time_mlp(t)
         parts = cond if isinstance(cond, dict) else {"class": cond}
-        unknown = set(parts) - {"class", "vec", "null", "tokens", "mask"}
+        unknown = set(parts) - {"class", "vec", "null", "tokens", "mask", "scale"}
         if unknown:
-            raise ValueError(f"unknown condition keys {sorted(unknown)}; use 'class', 'vec', 'null', 'tokens', 'mask'.")
+            raise ValueError(f"unknown condition keys {sorted(unknown)}; use 'class', 'vec', 'null', 'tokens', 'mask', "
+                             "'scale'.")
+        if self.config.scale_range:
+            emb = emb + self.scale_mlp(100.0 * self._scale(parts.get("scale"), t.shape[0], t.device))
+        elif parts.get("scale") is not None:
+            raise ValueError("this U-Net takes no guidance scale (scale_range=None); only a distilled student does.")
         if self.class_emb is not None:
             emb = emb + self.class_emb(self._class_index(parts.get("class"), t.shape[0], t.device))
         elif self.class_maps is not None:
@@ -259,6 +273,17 @@ class UNet(nn.Module):
         if t.numel() and (float(t.min()) < 0 or float(t.max()) > 1):
             raise ValueError(f"flow times must lie in [0, 1], got {float(t.min()):g} to {float(t.max()):g}.")
         return 999.0 * t
+
+    def _scale(self, s, batch: int, device) -> Tensor:
+        lo, hi = self.config.scale_range
+        if s is None:
+            raise ValueError(f"this U-Net is a guidance-distilled student: give cond={{'class': y, 'scale': s}} with s "
+                             f"in [{lo:g}, {hi:g}].")
+        s = torch.as_tensor(s, dtype=torch.float32, device=device).reshape(-1).expand(batch)
+        if float(s.min()) < lo or float(s.max()) > hi:
+            raise ValueError(f"this student was distilled for guidance scales in [{lo:g}, {hi:g}], got "
+                             f"{float(s.min()):g} to {float(s.max()):g}; outside that range it was never trained.")
+        return s
 
     def _class_index(self, y, batch: int, device) -> Tensor:
         n = self.config.num_classes

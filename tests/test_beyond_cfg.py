@@ -1,0 +1,172 @@
+"""Lesson 11's guidance methods: APG, CFG++ (and DDIM inversion), autoguidance, the tree toy."""
+import math
+
+import pytest
+import torch
+from helpers import loss_before_after, randomise
+
+from lessonlib.guidance import batched_cfg, conditional
+from lessonlib.samplers import sample
+from lessonlib.schedules import linear_schedule
+from lessonlib.toy import GaussianMixture2D
+from lessonlib.variants import apg, autoguidance, guided_ddim_invert, guided_ddim_sample, parallel_part
+
+S = linear_schedule(1000)
+TOY = GaussianMixture2D()
+EXACT = TOY.model(S)  # (x, t, y) -> eps, class -1 is the null class
+
+
+def _batch(n=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 2, generator=g, dtype=torch.float64), torch.arange(n) % 3, torch.full((n,), -1)
+
+
+def test_apg_is_cfg_at_its_neutral_setting_and_projects_caps_and_averages():
+    x, y, null = _batch()
+    t = torch.full((12,), 400)
+    plain = batched_cfg(EXACT, y, null, 4.0)(x, t)
+    assert torch.equal(apg(EXACT, y, null, 4.0, schedule=S, eta=1.0)(x, t), plain)
+    u, c = EXACT(x, t, null), EXACT(x, t, y)
+    orth = apg(EXACT, y, null, 4.0, schedule=S, eta=0.0, space="eps")(x, t) - c  # = 3 d_perp
+    torch.testing.assert_close(parallel_part(orth, c), torch.zeros_like(orth), atol=1e-10, rtol=0)
+    assert float((orth - 3 * (c - u)).abs().max()) > 1e-3  # the parallel part was really removed
+    capped = apg(EXACT, y, null, 4.0, schedule=S, eta=1.0, norm_threshold=0.05, space="eps")(x, t) - c
+    assert float(capped.norm(dim=1).max()) <= 3 * 0.05 + 1e-9 < float((3 * (c - u)).norm(dim=1).max())
+
+
+def test_apg_momentum_starts_afresh_for_every_sampling_run():
+    x, y, null = _batch(64, seed=1)
+    with_momentum = apg(EXACT, y, null, 3.0, schedule=S, momentum=-0.5)
+    first = sample(with_momentum, x, S, steps=20, progress=False)
+    again = sample(with_momentum, x, S, steps=20, progress=False)
+    without = sample(apg(EXACT, y, null, 3.0, schedule=S, momentum=0.0), x, S, steps=20, progress=False)
+    assert torch.equal(first, again) and float((first - without).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(eta=1.5), r"eta must lie in \[0, 1\]"),
+    (dict(momentum=0.5), r"momentum must lie in \(-1, 0\]"),
+    (dict(norm_threshold=0.0), "norm_threshold r must lie"),
+    (dict(space="v"), "space must be"),
+])
+def test_apg_rejects_out_of_range_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        apg(EXACT, 0, -1, 3.0, schedule=S, **kwargs)
+
+
+def test_guided_ddim_is_ddim_and_cfgpp_at_lambda_0_is_unconditional():
+    x, y, null = _batch(200, seed=2)
+    mine = guided_ddim_sample(EXACT, y, null, 3.0, x, S, steps=25, clip_x0=False)
+    library = sample(batched_cfg(EXACT, y, null, 3.0), x, S, steps=25, progress=False)
+    torch.testing.assert_close(mine, library, atol=1e-9, rtol=1e-9)
+    plus0 = guided_ddim_sample(EXACT, y, null, 0.0, x, S, steps=25, plus_plus=True, clip_x0=False)
+    assert torch.equal(plus0, guided_ddim_sample(EXACT, y, null, 0.0, x, S, steps=25, clip_x0=False))
+    plus = guided_ddim_sample(EXACT, y, null, 0.6, x, S, steps=25, plus_plus=True, clip_x0=False)
+    assert float((plus - plus0).abs().max()) > 1e-2
+    with pytest.raises(ValueError, match=r"lambda must lie in \[0, 1\]"):
+        guided_ddim_sample(EXACT, y, null, 3.0, x, S, steps=25, plus_plus=True)
+
+
+def test_ddim_inversion_round_trips_better_with_more_steps():
+    x0, y = TOY.sample(300, generator=torch.Generator().manual_seed(3))
+    x0, null = x0.double(), torch.full((300,), -1)
+
+    def round_trip(steps):
+        noise = guided_ddim_invert(EXACT, y, null, 1.0, x0, S, steps=steps)
+        back = guided_ddim_sample(EXACT, y, null, 1.0, noise, S, steps=steps, clip_x0=False)
+        return float((back - x0).norm(dim=1).mean())
+
+    assert round_trip(200) < 0.5 * round_trip(10)
+
+
+def test_autoguidance_is_the_good_model_at_w_1_and_checks_its_guide():
+    x, y, _ = _batch()
+    t = torch.full((12,), 300)
+    bad = GaussianMixture2D(TOY.means * 0.8, TOY.covs, TOY.weights).model(S)
+    assert torch.equal(autoguidance(EXACT, bad, y, 1.0)(x, t), conditional(EXACT, y)(x, t))
+    assert torch.equal(autoguidance(EXACT, bad, y, 0.0)(x, t), conditional(bad, y)(x, t))
+    two = torch.nn.Linear(2, 2)
+    two.num_classes = 5
+    three = torch.nn.Linear(2, 2)
+    three.num_classes = 3
+    with pytest.raises(ValueError, match="guide model has 5 classes"):
+        autoguidance(three, two, y, 2.0)
+    with pytest.raises(ValueError, match="must predict the same thing"):
+        autoguidance(EXACT, lambda x, t, c: x[:, :1], y, 2.0, probe=(x, t))
+
+
+def test_the_tree_toy_has_exact_class_scores_and_samples_its_classes():
+    tree = GaussianMixture2D.tree()
+    assert tree.num_classes == 2 and len(tree.means) == 2 * (2 ** 4 - 1)
+    x, _ = tree.sample(64, generator=torch.Generator().manual_seed(4))
+    x = x.double().requires_grad_()
+    for abar in (0.3, 0.9):
+        for c in (0, 1):
+            log_pc = torch.logsumexp(tree.log_joint(x, abar)[:, tree.labels == c], 1)
+            (auto,) = torch.autograd.grad(log_pc.sum(), x)
+            torch.testing.assert_close(tree.score(x.detach(), abar, c), auto)
+    post = tree.posterior(x.detach(), 1.0)
+    assert post.shape == (64, 2) and torch.allclose(post.sum(1), torch.ones(64, dtype=torch.float64))
+    pts, labels = tree.sample(500, generator=torch.Generator().manual_seed(5), y=1)
+    assert torch.all(labels == 1) and float(tree.posterior(pts.double(), 1.0)[:, 1].mean()) > 0.95
+    assert int(tree.levels.max()) == 3 and math.isclose(float(tree.weights.sum()), 1.0)
+    with pytest.raises(ValueError, match="labels must give one class per component"):
+        GaussianMixture2D(TOY.means, TOY.covs, TOY.weights, labels=torch.tensor([0, 1]))
+
+
+@pytest.mark.slow
+def test_a_conditional_toy_model_learns_and_a_smaller_one_is_worse():
+    from lessonlib.toy import fit_toy_cond_model
+
+    tree = GaussianMixture2D.tree()
+    good, losses = fit_toy_cond_model(tree, S, steps=1500, progress=False)
+    bad, _ = fit_toy_cond_model(tree, S, steps=300, hidden=32, progress=False)
+    x0, y = tree.sample(2000, generator=torch.Generator().manual_seed(6))
+    t = torch.full((2000,), 200)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(7))
+    from lessonlib.diffusion import q_sample
+
+    x_t = q_sample(S, x0, t, noise)
+    exact = tree.model(S)(x_t.double(), t, y).float()
+    with torch.no_grad():
+        err = {name: float((m(x_t, t, y) - exact).pow(2).mean()) for name, m in (("good", good), ("bad", bad))}
+    assert err["good"] < 0.5 * err["bad"] and sum(losses[-100:]) < sum(losses[:100])
+
+
+def test_a_distilled_student_takes_the_scale_starts_as_its_teacher_and_learns_the_guided_eps():
+    from lessonlib.nets.unet import UNet
+    from lessonlib.training import distill_loss_fn
+    from lessonlib.variants import distilled
+
+    small = dict(base_channels=8, channel_mults=(1, 2), groups=4, num_classes=10, attention_resolutions=())
+    teacher = randomise(UNet(**small))  # a random teacher whose output depends on the class
+    student = UNet(**small, scale_range=(0.0, 4.0))
+    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("scale_mlp.") for k in missing)
+    x, y, t = torch.randn(4, 1, 28, 28), torch.arange(4), torch.full((4,), 500)
+    with torch.no_grad():
+        assert torch.equal(distilled(student, y, 2.0)(x, t), teacher(x, t, y))  # zero-initialised scale embedding
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.rand(64, 1, 28, 28, generator=g) * 2 - 1, torch.arange(64) % 10
+    loss = distill_loss_fn(teacher, images, labels, S, batch_size=16, scale_range=(0.0, 4.0), generator=g)
+    first, last = loss_before_after(student, loss, steps=150, lr=3e-3, warmup=5)
+    assert last < 0.7 * first, (first, last)
+    with pytest.raises(ValueError, match=r"distilled for guidance scales in \[0, 4\]"):
+        distilled(student, y, 6.0)(x, t)
+    with pytest.raises(ValueError, match="give cond="):
+        student(x, t, y)
+    with pytest.raises(ValueError, match="takes no guidance scale"):
+        teacher(x, t, {"class": y, "scale": 1.0})
+
+
+@pytest.mark.slow
+def test_lesson_11_methods_run_on_the_frontier_from_the_same_noise():
+    from lessonlib.frontier import LESSON_11, measure_frontier
+
+    methods = [m for m in LESSON_11 if not m.startswith("distilled")]
+    rows, floor = measure_frontier(n=20, steps=3, methods=methods, scales={m: [1.0] for m in methods})
+    assert [r["method"] for r in rows] == methods and floor > 0
+    by = {r["method"]: r for r in rows}
+    # at scale 1: CFG, APG, CFG-Zero* and autoguidance are the conditional model; CFG++ at lambda 1 is not
+    assert all(abs(by[m]["fid_judge"] - by["CFG"]["fid_judge"]) < 1e-3 for m in methods if "CFG++" not in m)
+    assert abs(by["CFG++ (lambda)"]["fid_judge"] - by["CFG"]["fid_judge"]) > 1e-3
