@@ -89,6 +89,9 @@ def build_model(ctx: Context) -> nn.Module:
         return model_cls.from_base(ctx.load(ctx.recipe.base))
     model = model_cls(config_cls(**ctx.recipe.config))
     if ctx.recipe.task == "distill":  # the student starts as its teacher; the new scale embedding starts at zero
+        if not getattr(model.config, "scale_range", None):
+            raise ValueError(f"recipe {ctx.recipe.name!r}: a distill recipe's U-Net config needs scale_range=(lo, hi), "
+                             "the guidance scales the student learns.")
         missing, unexpected = model.load_state_dict(ctx.load(ctx.recipe.base).state_dict(), strict=False)
         if unexpected or any(not k.startswith("scale_mlp.") for k in missing):
             raise ValueError(f"the student's config must be its teacher's plus scale_range; missing {missing}, "

@@ -47,6 +47,7 @@ class GaussianMixture2D:
         [[[0.55, 0.25], [0.25, 0.35]], [[0.30, -0.18], [-0.18, 0.45]], [[0.70, 0.0], [0.0, 0.18]]]))
     weights: Tensor = field(default_factory=lambda: torch.tensor([0.45, 0.35, 0.20]))
     labels: Tensor | None = None
+    levels: Tensor | None = None  # tree(): each component's depth in its tree (0: the trunk)
 
     def __post_init__(self):
         self.means = torch.as_tensor(self.means, dtype=torch.float64)
@@ -61,7 +62,10 @@ class GaussianMixture2D:
             raise ValueError("mixture weights must be positive.")
         self.weights = self.weights / self.weights.sum()
         if self.labels is not None:
-            self.labels = torch.as_tensor(self.labels, dtype=torch.long).reshape(-1)
+            labels = torch.as_tensor(self.labels)
+            if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+                raise ValueError(f"labels must be integer classes, got dtype {labels.dtype}.")
+            self.labels = labels.long().reshape(-1)
             if self.labels.shape != (K,) or int(self.labels.min()) != 0:
                 raise ValueError(f"labels must give one class per component ({K}), numbered from 0.")
             if len(self.labels.unique()) != int(self.labels.max()) + 1:
@@ -79,8 +83,11 @@ class GaussianMixture2D:
         every segment forks into two, ``spread`` radians apart, each ``decay`` times as long and as heavy as its
         parent, for ``depth`` levels. Outer branches are thin and rare: low density, but part of the data.
         """
-        if not (isinstance(depth, int) and 1 <= depth <= 6):
+        if isinstance(depth, bool) or not (isinstance(depth, int) and 1 <= depth <= 6):
             raise ValueError(f"depth must be an integer from 1 to 6, got {depth!r}.")
+        for name, value, hi in (("spread", spread, math.pi), ("decay", decay, 1.0), ("width", width, 1.0)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 < value <= hi):
+                raise ValueError(f"{name} must lie in (0, {hi:g}], got {value!r}.")
         means, covs, weights, labels, level = [], [], [], [], []
         for c, angle in enumerate((math.pi / 2 + 0.45, math.pi / 2 - 0.45)):
             stack = [((0.0, -1.6), angle, 1.3, 1.0, 0)]
@@ -98,9 +105,8 @@ class GaussianMixture2D:
                 if d + 1 < depth:
                     for side in (-1, 1):
                         stack.append((end, a + side * spread / 2, length * decay, w * decay, d + 1))
-        mixture = cls(torch.tensor(means), torch.stack(covs), torch.tensor(weights), torch.tensor(labels))
-        mixture.levels = torch.tensor(level)
-        return mixture
+        return cls(torch.tensor(means), torch.stack(covs), torch.tensor(weights), torch.tensor(labels),
+                   torch.tensor(level))
 
     def _by_class(self, log_joint: Tensor) -> Tensor:
         """log p(x, class) from log p(x, component): (B, K) -> (B, C)."""

@@ -172,7 +172,8 @@ def apg(model: Callable, cond: Any, null_cond: Any, scale: float, *, schedule: N
     d is replaced by the running average m = d + beta m over the steps of one sampling run; its norm is
     capped at ``norm_threshold`` r (per sample); the guided prediction is c + (s - 1)(d_perp + eta d_par) with
     the parallel part taken along c. The running average starts afresh whenever the timestep does not
-    decrease or the batch changes (a new sampling run); it assumes one call per step (DDIM, DDPM, Euler).
+    decrease or the batch changes (a new sampling run); it assumes one call per step (DDIM, DDPM, Euler):
+    under Heun, which calls twice per step, momentum would restart at every step, so do not combine them.
     """
     scale = check_scale(scale)
     eta = _finite(eta, "eta", 0.0, 1.0)
@@ -269,12 +270,14 @@ def autoguidance(good: Callable, bad: Callable, cond: Any, weight: float, *, pro
     for name, m in (("good", good), ("bad", bad)):
         if not callable(m):
             raise ValueError(f"the {name} model must be callable as model(x_t, t, cond), got {type(m).__name__}.")
-    classes = [getattr(m, "num_classes", None) for m in (good, bad)]
-    if None not in classes and classes[0] != classes[1]:
-        raise ValueError(f"the guide model has {classes[1]} classes, the main model {classes[0]}: autoguidance "
-                         "needs a weaker version of the same model (same inputs, same classes).")
+    for field in ("num_classes", "prediction", "in_channels", "image_size"):
+        values = [_described(m, field) for m in (good, bad)]
+        if None not in values and values[0] != values[1]:
+            raise ValueError(f"the guide model has {field} = {values[1]!r}, the main model {values[0]!r}: autoguidance "
+                             "needs a weaker version of the same model (same inputs, same classes, same prediction).")
     if probe is not None:
-        x, t = probe if isinstance(probe, tuple) else (probe, torch.zeros(probe.shape[0], dtype=torch.long))
+        x, t = probe if isinstance(probe, tuple) else (
+            probe, torch.zeros(probe.shape[0], dtype=torch.long, device=probe.device))
         with torch.no_grad():
             shapes = [tuple(conditional(m, cond)(x, t).shape) for m in (good, bad)]
         if shapes[0] != shapes[1]:
@@ -286,6 +289,12 @@ def autoguidance(good: Callable, bad: Callable, cond: Any, weight: float, *, pro
         return combine(predict_bad(x, t), [(predict_good(x, t), weight)])
 
     return eps_fn
+
+
+def _described(model: Any, field: str) -> Any:
+    """A model's own ``field`` or its config's (U-Nets keep num_classes and the rest in ``model.config``)."""
+    value = getattr(model, field, None)
+    return value if value is not None else getattr(getattr(model, "config", None), field, None)
 
 
 def distilled(student: Callable, cond: Any, scale: float) -> EpsFn:

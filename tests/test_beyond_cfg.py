@@ -9,7 +9,7 @@ from lessonlib.guidance import batched_cfg, conditional
 from lessonlib.samplers import sample
 from lessonlib.schedules import linear_schedule
 from lessonlib.toy import GaussianMixture2D
-from lessonlib.variants import apg, autoguidance, guided_ddim_invert, guided_ddim_sample, parallel_part
+from lessonlib.variants import apg, autoguidance, guided_ddim_invert, guided_ddim_sample
 
 S = linear_schedule(1000)
 TOY = GaussianMixture2D()
@@ -28,10 +28,30 @@ def test_apg_is_cfg_at_its_neutral_setting_and_projects_caps_and_averages():
     assert torch.equal(apg(EXACT, y, null, 4.0, schedule=S, eta=1.0)(x, t), plain)
     u, c = EXACT(x, t, null), EXACT(x, t, y)
     orth = apg(EXACT, y, null, 4.0, schedule=S, eta=0.0, space="eps")(x, t) - c  # = 3 d_perp
-    torch.testing.assert_close(parallel_part(orth, c), torch.zeros_like(orth), atol=1e-10, rtol=0)
+    torch.testing.assert_close((orth * c).sum(1), torch.zeros(12, dtype=torch.float64), atol=1e-10, rtol=0)
     assert float((orth - 3 * (c - u)).abs().max()) > 1e-3  # the parallel part was really removed
     capped = apg(EXACT, y, null, 4.0, schedule=S, eta=1.0, norm_threshold=0.05, space="eps")(x, t) - c
     assert float(capped.norm(dim=1).max()) <= 3 * 0.05 + 1e-9 < float((3 * (c - u)).norm(dim=1).max())
+
+
+def test_apg_momentum_is_a_running_average_taken_before_the_cap():
+    x, y, null = _batch()
+    t1, t2 = torch.full((12,), 500), torch.full((12,), 400)
+    d = [EXACT(x, t, y) - EXACT(x, t, null) for t in (t1, t2)]
+    fn = apg(EXACT, y, null, 3.0, schedule=S, eta=1.0, momentum=-0.5, space="eps")
+    fn(x, t1)
+    torch.testing.assert_close(fn(x, t2), EXACT(x, t2, y) + 2 * (d[1] - 0.5 * d[0]))
+    capped = apg(EXACT, y, null, 3.0, schedule=S, eta=1.0, momentum=-0.5, norm_threshold=0.01, space="eps")
+    capped(x, t1)
+    m = d[1] - 0.5 * d[0]
+    want = EXACT(x, t2, y) + 2 * m * (0.01 / m.norm(dim=1, keepdim=True)).clamp(max=1)
+    torch.testing.assert_close(capped(x, t2), want)
+    x0 = apg(EXACT, y, null, 3.0, schedule=S, eta=1.0, norm_threshold=0.01)(x, t1)  # the default space: x0_hat
+    from lessonlib.diffusion import eps_from_x0, x0_from_eps
+
+    c0, u0 = (x0_from_eps(S, x, t1, EXACT(x, t1, k)) for k in (y, null))
+    dd = c0 - u0
+    torch.testing.assert_close(x0, eps_from_x0(S, x, t1, c0 + 2 * dd * (0.01 / dd.norm(dim=1, keepdim=True)).clamp(max=1)))
 
 
 def test_apg_momentum_starts_afresh_for_every_sampling_run():
@@ -61,8 +81,17 @@ def test_guided_ddim_is_ddim_and_cfgpp_at_lambda_0_is_unconditional():
     torch.testing.assert_close(mine, library, atol=1e-9, rtol=1e-9)
     plus0 = guided_ddim_sample(EXACT, y, null, 0.0, x, S, steps=25, plus_plus=True, clip_x0=False)
     assert torch.equal(plus0, guided_ddim_sample(EXACT, y, null, 0.0, x, S, steps=25, clip_x0=False))
-    plus = guided_ddim_sample(EXACT, y, null, 0.6, x, S, steps=25, plus_plus=True, clip_x0=False)
-    assert float((plus - plus0).abs().max()) > 1e-2
+    # one step: only x0_hat survives, so CFG++ at lambda is CFG at s = lambda; two steps, written out by hand:
+    one = guided_ddim_sample(EXACT, y, null, 0.6, x, S, steps=1, plus_plus=True, clip_x0=False)
+    torch.testing.assert_close(one, guided_ddim_sample(EXACT, y, null, 0.6, x, S, steps=1, clip_x0=False))
+    two = guided_ddim_sample(EXACT, y, null, 0.6, x, S, steps=2, plus_plus=True, clip_x0=False)
+    k0, k1 = 999, 0
+    a0, a1 = float(S.abar[k0]), float(S.abar[k1])
+    u, c = EXACT(x, torch.full((200,), k0), null), EXACT(x, torch.full((200,), k0), y)
+    g = u + 0.6 * (c - u)
+    x1 = a1 ** 0.5 * (x - (1 - a0) ** 0.5 * g) / a0 ** 0.5 + (1 - a1) ** 0.5 * u      # re-noised with eps_u
+    u1, c1 = EXACT(x1, torch.full((200,), k1), null), EXACT(x1, torch.full((200,), k1), y)
+    torch.testing.assert_close(two, (x1 - (1 - a1) ** 0.5 * (u1 + 0.6 * (c1 - u1))) / a1 ** 0.5)
     with pytest.raises(ValueError, match=r"lambda must lie in \[0, 1\]"):
         guided_ddim_sample(EXACT, y, null, 3.0, x, S, steps=25, plus_plus=True)
 
@@ -71,12 +100,13 @@ def test_ddim_inversion_round_trips_better_with_more_steps():
     x0, y = TOY.sample(300, generator=torch.Generator().manual_seed(3))
     x0, null = x0.double(), torch.full((300,), -1)
 
-    def round_trip(steps):
-        noise = guided_ddim_invert(EXACT, y, null, 1.0, x0, S, steps=steps)
-        back = guided_ddim_sample(EXACT, y, null, 1.0, noise, S, steps=steps, clip_x0=False)
+    def round_trip(steps, scale=1.0, plus_plus=False):
+        noise = guided_ddim_invert(EXACT, y, null, scale, x0, S, steps=steps, plus_plus=plus_plus)
+        back = guided_ddim_sample(EXACT, y, null, scale, noise, S, steps=steps, plus_plus=plus_plus, clip_x0=False)
         return float((back - x0).norm(dim=1).mean())
 
     assert round_trip(200) < 0.5 * round_trip(10)
+    assert round_trip(50, 0.6, True) < 0.8 * round_trip(10, 0.6, True)  # (at 200 steps it diverges on this toy)
 
 
 def test_autoguidance_is_the_good_model_at_w_1_and_checks_its_guide():
@@ -85,12 +115,13 @@ def test_autoguidance_is_the_good_model_at_w_1_and_checks_its_guide():
     bad = GaussianMixture2D(TOY.means * 0.8, TOY.covs, TOY.weights).model(S)
     assert torch.equal(autoguidance(EXACT, bad, y, 1.0)(x, t), conditional(EXACT, y)(x, t))
     assert torch.equal(autoguidance(EXACT, bad, y, 0.0)(x, t), conditional(bad, y)(x, t))
-    two = torch.nn.Linear(2, 2)
-    two.num_classes = 5
-    three = torch.nn.Linear(2, 2)
-    three.num_classes = 3
-    with pytest.raises(ValueError, match="guide model has 5 classes"):
-        autoguidance(three, two, y, 2.0)
+    from lessonlib.nets.unet import UNet
+
+    small = dict(base_channels=8, channel_mults=(1, 2), groups=4, attention_resolutions=())
+    with pytest.raises(ValueError, match="guide model has num_classes = 5, the main model 10"):
+        autoguidance(UNet(**small, num_classes=10), UNet(**small, num_classes=5), y, 2.0)
+    with pytest.raises(ValueError, match="prediction = 'velocity'"):
+        autoguidance(UNet(**small, num_classes=10), UNet(**small, num_classes=10, prediction="velocity"), y, 2.0)
     with pytest.raises(ValueError, match="must predict the same thing"):
         autoguidance(EXACT, lambda x, t, c: x[:, :1], y, 2.0, probe=(x, t))
 
@@ -105,13 +136,17 @@ def test_the_tree_toy_has_exact_class_scores_and_samples_its_classes():
             log_pc = torch.logsumexp(tree.log_joint(x, abar)[:, tree.labels == c], 1)
             (auto,) = torch.autograd.grad(log_pc.sum(), x)
             torch.testing.assert_close(tree.score(x.detach(), abar, c), auto)
-    post = tree.posterior(x.detach(), 1.0)
-    assert post.shape == (64, 2) and torch.allclose(post.sum(1), torch.ones(64, dtype=torch.float64))
+    assert tree.posterior(x.detach(), 1.0).shape == (64, 2)
     pts, labels = tree.sample(500, generator=torch.Generator().manual_seed(5), y=1)
     assert torch.all(labels == 1) and float(tree.posterior(pts.double(), 1.0)[:, 1].mean()) > 0.95
-    assert int(tree.levels.max()) == 3 and math.isclose(float(tree.weights.sum()), 1.0)
+    trunk = tree.means[(tree.levels == 0) & (tree.labels == 0)][0]
+    assert math.isclose(float(tree.posterior(trunk[None] + torch.tensor([[-0.05, 0.4]]), 1.0)[0, 0]), 1.0, abs_tol=1e-3)
     with pytest.raises(ValueError, match="labels must give one class per component"):
         GaussianMixture2D(TOY.means, TOY.covs, TOY.weights, labels=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="integer classes"):
+        GaussianMixture2D(TOY.means, TOY.covs, TOY.weights, labels=torch.tensor([0.0, 0.9, 1.0]))
+    with pytest.raises(ValueError, match="width must lie"):
+        GaussianMixture2D.tree(width=0.0)
 
 
 @pytest.mark.slow
@@ -151,8 +186,17 @@ def test_a_distilled_student_takes_the_scale_starts_as_its_teacher_and_learns_th
     loss = distill_loss_fn(teacher, images, labels, S, batch_size=16, scale_range=(0.0, 4.0), generator=g)
     first, last = loss_before_after(student, loss, steps=150, lr=3e-3, warmup=5)
     assert last < 0.7 * first, (first, last)
+    class Exact(torch.nn.Module):  # a student that is the teacher's CFG at the scale it is told: loss exactly 0
+        def forward(self, x, t, cond):
+            u, c = teacher(x, t, torch.full_like(cond["class"], -1)), teacher(x, t, cond["class"])
+            return torch.lerp(u, c, cond["scale"].view(-1, 1, 1, 1))
+
+    with torch.no_grad():
+        assert float(loss(Exact(), 0)) < 1e-10
     with pytest.raises(ValueError, match=r"distilled for guidance scales in \[0, 4\]"):
         distilled(student, y, 6.0)(x, t)
+    with pytest.raises(ValueError, match="distilled for guidance scales"):
+        student(x, t, {"class": y, "scale": float("nan")})
     with pytest.raises(ValueError, match="give cond="):
         student(x, t, y)
     with pytest.raises(ValueError, match="takes no guidance scale"):
@@ -170,3 +214,20 @@ def test_lesson_11_methods_run_on_the_frontier_from_the_same_noise():
     # at scale 1: CFG, APG, CFG-Zero* and autoguidance are the conditional model; CFG++ at lambda 1 is not
     assert all(abs(by[m]["fid_judge"] - by["CFG"]["fid_judge"]) < 1e-3 for m in methods if "CFG++" not in m)
     assert abs(by["CFG++ (lambda)"]["fid_judge"] - by["CFG"]["fid_judge"]) > 1e-3
+
+
+def test_the_distill_task_builds_a_student_that_is_its_teacher_and_refuses_a_config_without_scales():
+    from dataclasses import replace
+
+    from lessonlib import zoo
+    from lessonlib.recipes import RECIPES
+    from lessonlib.tasks import Context, build_model
+    from lessonlib.variants import distilled
+
+    recipe = RECIPES["mnist-cfg-distilled"]
+    student, teacher = build_model(Context(recipe, S)).eval(), zoo.load("mnist-cfg")
+    x, y, t = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0)), torch.arange(4), torch.full((4,), 300)
+    with torch.no_grad():
+        assert torch.equal(distilled(student, y, 5.0)(x, t), teacher(x, t, y))
+    with pytest.raises(ValueError, match="needs scale_range"):
+        build_model(Context(replace(recipe, config={**recipe.config, "scale_range": None}), S))

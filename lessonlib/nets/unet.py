@@ -280,9 +280,9 @@ class UNet(nn.Module):
             raise ValueError(f"this U-Net is a guidance-distilled student: give cond={{'class': y, 'scale': s}} with s "
                              f"in [{lo:g}, {hi:g}].")
         s = torch.as_tensor(s, dtype=torch.float32, device=device).reshape(-1).expand(batch)
-        if float(s.min()) < lo or float(s.max()) > hi:
+        if not bool(torch.all((s >= lo) & (s <= hi))):  # NaN fails this too
             raise ValueError(f"this student was distilled for guidance scales in [{lo:g}, {hi:g}], got "
-                             f"{float(s.min()):g} to {float(s.max()):g}; outside that range it was never trained.")
+                             f"{s.unique().tolist()[:5]}; outside that range it was never trained.")
         return s
 
     def _class_index(self, y, batch: int, device) -> Tensor:
