@@ -29,7 +29,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .schedules import NoiseSchedule, make_schedule, timestep_sequence
+from .schedules import NoiseSchedule, make_schedule, signal_noise, timestep_sequence
 from .types import EpsFn
 
 __all__ = ["LinearPath", "LINEAR", "VelocityFn", "check_unit_time", "interpolate", "velocity_target",
@@ -132,17 +132,9 @@ def score_from_velocity(x_t: Tensor, t, v: Tensor) -> Tensor:
     return -eps_from_velocity(x_t, t, v) / tt
 
 
-def _scales(schedule: NoiseSchedule, k: int) -> tuple[float, float]:
-    """(a, s) = (sqrt(abar_k), sqrt(1 - abar_k)); k = -1 is the clean image (1, 0)."""
-    if k < 0:
-        return 1.0, 0.0
-    abar = float(schedule.abar[k])
-    return abar ** 0.5, (1 - abar) ** 0.5
-
-
 def linear_times(schedule: NoiseSchedule, timesteps) -> Tensor:
     """Linear-path times t = s / (a + s) of integer DDPM timesteps (-1: the clean image, t = 0), float64."""
-    return torch.tensor([(lambda a, s: s / (a + s))(*_scales(schedule, int(k))) for k in timesteps],
+    return torch.tensor([(lambda a, s: s / (a + s))(*signal_noise(schedule, int(k))) for k in timesteps],
                         dtype=torch.float64)
 
 
@@ -166,7 +158,7 @@ def velocity_view(eps_fn: EpsFn, schedule: NoiseSchedule, *, clip_x0: bool = Fal
     ``clip_x0``, the eps recomputed from it, as DDIM does).
     """
     def velocity(x_lin: Tensor, k: int) -> Tensor:
-        a, s = _scales(schedule, k)
+        a, s = signal_noise(schedule, k)
         x = (a + s) * x_lin
         eps = eps_fn(x, torch.full((x.shape[0],), k, dtype=torch.long, device=x.device))
         x0 = (x - s * eps) / a
@@ -241,7 +233,7 @@ def ode_sample(fn, x_T: Tensor, schedule: NoiseSchedule | LinearPath, *, steps: 
         ks = (timestep_sequence(schedule.T, steps) if grid is None else grid).tolist() + [-1]
         times, keys = linear_times(schedule, ks), ks
         v_fn = velocity_view(fn, schedule, clip_x0=clip_x0)
-        a, s = _scales(schedule, ks[0])
+        a, s = signal_noise(schedule, ks[0])
         x = x_T / (a + s)  # the starting noise, read as x at the first timestep, in linear-path coordinates
     else:
         raise ValueError(f"schedule must be flow.LINEAR (a velocity model) or a NoiseSchedule (an eps-model), "

@@ -139,3 +139,11 @@ def timestep_sequence(T: int, steps: int | None = None) -> Tensor:
     if steps == 1:
         return torch.tensor([T - 1])
     return torch.linspace(0, T - 1, steps, dtype=torch.float64).round().long().flip(0)
+
+
+def signal_noise(schedule: NoiseSchedule, k: int) -> tuple[float, float]:
+    """(a, s) = (sqrt(abar_k), sqrt(1 - abar_k)) at one integer timestep; k = -1 is the clean image (1, 0)."""
+    if k < 0:
+        return 1.0, 0.0
+    abar = float(schedule.abar[k])
+    return abar ** 0.5, (1 - abar) ** 0.5

@@ -238,23 +238,18 @@ class GaussianMixture2D:
     # ---- samples ----
     def sample(self, n: int, *, generator=None, y=None) -> tuple[Tensor, Tensor]:
         """n clean points and their classes (float32, long); all of class y if given."""
-        if self.labels is None:
-            if y is None:
-                comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
-            else:
-                comp = self._classes(y, n).clone()
-            classes = comp
-        else:
-            if y is None:
-                comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
-            else:
-                wanted = self._classes(y, n)
-                comp = torch.empty(n, dtype=torch.long)
-                for c in wanted.unique():
-                    rows = (wanted == c).nonzero().squeeze(1)
-                    w = self.weights * (self.labels == c)
-                    comp[rows] = torch.multinomial(w, len(rows), replacement=True, generator=generator)
-            classes = self.labels[comp]
+        if y is None:
+            comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        elif self.labels is None:
+            comp = self._classes(y, n).clone()
+        else:  # a component of the wanted class, in proportion to the weights within it
+            wanted = self._classes(y, n)
+            comp = torch.empty(n, dtype=torch.long)
+            for c in wanted.unique():
+                rows = (wanted == c).nonzero().squeeze(1)
+                w = self.weights * (self.labels == c)
+                comp[rows] = torch.multinomial(w, len(rows), replacement=True, generator=generator)
+        classes = comp if self.labels is None else self.labels[comp]
         chol = torch.linalg.cholesky(self.covs)[comp]
         z = torch.randn(n, 2, 1, generator=generator, dtype=torch.float64)
         return (self.means[comp] + (chol @ z).squeeze(-1)).float(), classes

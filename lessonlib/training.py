@@ -29,6 +29,7 @@ from .captions import measure, random_captions
 from .clip import contrastive_loss
 from .diffusion import denoising_loss, q_sample
 from .flow import TIME_SAMPLINGS, flow_matching_loss
+from .guidance import batched_predictions
 from .nets.conditions import text_condition
 from .progress import progress_bar
 from .transforms import random_shift
@@ -168,8 +169,7 @@ def distill_loss_fn(teacher: nn.Module, images: Tensor, labels: Tensor, schedule
         x_t = q_sample(schedule, x0, t, torch.randn(x0.shape, generator=generator))
         s = lo + (hi - lo) * torch.rand(len(x0), generator=generator)
         with torch.no_grad():
-            u, c = teacher(torch.cat([x_t, x_t]), torch.cat([t, t]),
-                           torch.cat([torch.full_like(y, NULL_CLASS), y])).chunk(2)
+            u, c = batched_predictions(teacher, [NULL_CLASS, y])(x_t, t)
             target = torch.lerp(u, c, s.view(-1, *([1] * (x0.ndim - 1))))
         return (model(x_t, t, {"class": y, "scale": s}) - target).pow(2).mean()
     return loss

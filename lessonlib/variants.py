@@ -39,7 +39,7 @@ from torch import Tensor
 
 from .diffusion import eps_from_x0, x0_from_eps
 from .guidance import batched_predictions, check_scale, combine, conditional
-from .schedules import NoiseSchedule, timestep_sequence
+from .schedules import NoiseSchedule, signal_noise, timestep_sequence
 from .types import EpsFn
 
 __all__ = ["cfg_variant", "cfg_zero_star", "optimized_scale", "parallel_part", "check_interval", "apg",
@@ -211,10 +211,6 @@ def apg(model: Callable, cond: Any, null_cond: Any, scale: float, *, schedule: N
     return eps_fn
 
 
-def _abar(schedule: NoiseSchedule, k: int) -> float:
-    return 1.0 if k < 0 else float(schedule.abar[k])
-
-
 def _guided_ddim(model, cond, null_cond, scale: float, x: Tensor, schedule: NoiseSchedule, *, steps: int,
                  plus_plus: bool, invert: bool, clip_x0: bool) -> Tensor:
     if plus_plus:
@@ -231,11 +227,11 @@ def _guided_ddim(model, cond, null_cond, scale: float, x: Tensor, schedule: Nois
         eps_x0, eps_dir = guided, guided
         if plus_plus:
             eps_x0, eps_dir = (eps_u, guided) if invert else (guided, eps_u)
-        a_from, a_to = _abar(schedule, k_from), _abar(schedule, k_to)
-        x0 = (x - (1 - a_from) ** 0.5 * eps_x0) / a_from ** 0.5
+        (a_from, s_from), (a_to, s_to) = signal_noise(schedule, k_from), signal_noise(schedule, k_to)
+        x0 = (x - s_from * eps_x0) / a_from
         if clip_x0:
             x0 = x0.clamp(-1, 1)
-        x = a_to ** 0.5 * x0 + (1 - a_to) ** 0.5 * eps_dir
+        x = a_to * x0 + s_to * eps_dir
     return x
 
 

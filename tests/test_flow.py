@@ -9,7 +9,7 @@ from lessonlib import flow
 from lessonlib.guidance import cfg
 from lessonlib.metrics import energy_distance
 from lessonlib.samplers import sample, sample_images
-from lessonlib.schedules import cosine_schedule, linear_schedule
+from lessonlib.schedules import cosine_schedule, linear_schedule, signal_noise
 from lessonlib.toy import GaussianMixture2D
 
 TOY, S = GaussianMixture2D(), linear_schedule(1000)
@@ -167,7 +167,7 @@ def test_trajectories_end_where_the_sampler_ends_and_a_training_pair_runs_straig
     via_eps = flow.ode_sample(TOY.eps_fn(S), noise, S, steps=50, trajectory=True)  # DDIM states, rescaled
     assert via_eps.shape == path.shape and float((via_eps[-1] - path[-1]).norm(dim=1).median()) < 0.05  # one ODE
     ks = flow.timestep_sequence(S.T, 50).tolist() + [-1]
-    a, s = (torch.tensor([flow._scales(S, int(k))[i] for k in ks], dtype=torch.float64).reshape(-1, 1, 1)
+    a, s = (torch.tensor([signal_noise(S, int(k))[i] for k in ks], dtype=torch.float64).reshape(-1, 1, 1)
             for i in (0, 1))
     x0, eps = TOY.sample(256, generator=torch.Generator().manual_seed(3))[0].double(), noise
     conditional_vp = a * x0 + s * eps                       # one training pair's path under the DDPM schedule
