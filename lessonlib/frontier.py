@@ -95,8 +95,12 @@ def frontier_methods(schedule: NoiseSchedule) -> dict[str, tuple[list[float], Ma
 
 def measure_frontier(*, n: int = 200, steps: int = 20, seed: int = 0, methods: list[str] | None = None,
                      scales: dict[str, list[float]] | None = None, default_scales: list[float] | None = None,
-                     clip_x0: bool = True, progress: bool = False) -> tuple[list[dict], float]:
+                     clip_x0: bool = True, keep_samples: bool = False,
+                     progress: bool = False) -> tuple[list[dict], float]:
     """One row per (method, scale): adherence, FID_judge, diversity, mean ink, ms per image; plus the FID floor.
+
+    ``keep_samples`` keeps each row's images (``row["samples"]``, classes ``torch.arange(n) % 10``) for paired
+    comparisons between methods, which share the starting noise.
 
     ``scales`` overrides the scales of named methods; ``default_scales`` those of every other CFG method.
     ``clip_x0`` is the series' static thresholding of x0_hat (on by default; lesson 09 measures both).
@@ -132,7 +136,7 @@ def measure_frontier(*, n: int = 200, steps: int = 20, seed: int = 0, methods: l
             rows.append({"method": name, "scale": s, "adherence": judge_accuracy(judge, xs, y),
                          "fid_judge": ci.fid, "fid_interval": ci,
                          "diversity": class_diversity(judge, xs, y), "ink": mean_ink(xs),
-                         "ms_per_image": 1000 * seconds / n})
+                         "ms_per_image": 1000 * seconds / n, **({"samples": xs} if keep_samples else {})})
     return rows, fid_floor(judge, test.images, seed=seed, labels=test.labels, matched_to=y)
 
 
@@ -148,12 +152,13 @@ def best_points(rows: list[dict], *, min_adherence: float = 0.95) -> dict[str, d
 
 def format_frontier(rows: list[dict], floor: float, *, min_adherence: float = 0.95) -> str:
     """The frontier table and the best operating point of each method, as text."""
-    lines = [f"{'method':30s} {'scale':>6s} {'adherence':>10s} {'FID_judge [95% interval]':>25s} {'diversity':>10s} "
+    w = max(len(r["method"]) for r in rows)
+    lines = [f"{'method':{w}s} {'scale':>6s} {'adherence':>10s} {'FID_judge [95% interval]':>25s} {'diversity':>10s} "
              f"{'ink':>6s} {'ms/img':>7s}"]
-    lines += [f"{r['method']:30s} {r['scale']:6g} {r['adherence']:10.3f} {r['fid_interval']:>25.2f} "
+    lines += [f"{r['method']:{w}s} {r['scale']:6g} {r['adherence']:10.3f} {r['fid_interval']:>25.2f} "
               f"{r['diversity']:10.2f} {r['ink']:6.3f} {r['ms_per_image']:7.1f}" for r in rows]
     lines += ["", f"best operating point (lowest FID_judge with adherence >= {min_adherence}, else most adherent); "
                   f"FID floor {floor:.2f}"]
-    lines += [f"{name:30s} s = {r['scale']:<5g} adherence {r['adherence']:.3f}  FID_judge {r['fid_interval']:.2f}  "
+    lines += [f"{name:{w}s} s = {r['scale']:<5g} adherence {r['adherence']:.3f}  FID_judge {r['fid_interval']:.2f}  "
               f"diversity {r['diversity']:.2f}" for name, r in best_points(rows, min_adherence=min_adherence).items()]
     return "\n".join(lines)

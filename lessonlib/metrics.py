@@ -11,6 +11,7 @@
 - reference agreement: per sample, what it shares with a reference digit: class (judge), thickness and slant
   tertile, coarse layout IoU and pixel ink IoU (lesson 08);
 - mean_interval: a mean with the half-width of its normal-approximation 95% interval.
+- proportion_interval: a share k / n with its Wilson 95% interval (lesson 11's outlier and branch counts).
 """
 from __future__ import annotations
 
@@ -24,13 +25,13 @@ from torch import Tensor, nn
 from .captions import ATTRIBUTE_WORDS, AttributeBins, measure
 from .diffusion import q_sample
 from .schedules import NoiseSchedule
-from .stats import auc_interval, matched_indices, mean_interval
+from .stats import auc_interval, matched_indices, mean_interval, proportion_interval
 from .transforms import coarse_layout
 
 __all__ = ["energy_distance", "judge_features", "judge_accuracy", "frechet_distance", "fid_judge",
            "fid_floor", "FidInterval", "fid_judge_interval", "judge_predictions", "diversity",
            "class_diversity", "layout_iou", "CLASSIFIER_EVAL_T", "accuracy_by_t", "text_adherence",
-           "reference_agreement", "mean_interval", "auc_interval", "mean_ink"]
+           "reference_agreement", "mean_interval", "proportion_interval", "auc_interval", "mean_ink"]
 
 
 def energy_distance(a: Tensor, b: Tensor) -> float:
@@ -102,6 +103,12 @@ class FidInterval:
     def separated_from(self, other: "FidInterval") -> bool:
         """True when the two intervals do not overlap: only then call one FID_judge lower than the other."""
         return self.hi < other.lo or other.hi < self.lo
+
+    def compare(self, other: "FidInterval") -> str:
+        """'first lower', 'second lower' (self is first) or 'not distinguishable' when the intervals overlap."""
+        if not self.separated_from(other):
+            return "not distinguishable"
+        return "first lower" if self.fid < other.fid else "second lower"
 
     def __format__(self, spec: str) -> str:
         """``f"{ci:>24.2f}"``: the number format applies to each value, the width and alignment to the whole."""

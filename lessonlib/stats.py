@@ -9,7 +9,7 @@ import math
 
 import torch
 
-__all__ = ["mean_interval", "auc_interval", "matched_indices"]
+__all__ = ["mean_interval", "proportion_interval", "auc_interval", "matched_indices"]
 
 
 def mean_interval(values, z: float = 1.96) -> tuple[float, float]:
@@ -18,6 +18,22 @@ def mean_interval(values, z: float = 1.96) -> tuple[float, float]:
     if len(v) < 2:
         raise ValueError(f"need at least 2 values for an interval, got {len(v)}.")
     return float(v.mean()), float(z * v.std() / math.sqrt(len(v)))
+
+
+def proportion_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float, float]:
+    """A share hits / n and its Wilson 95% interval (lo, hi): right near 0 and 1, where the normal one is not.
+
+    Lesson 11 counts outliers and branch tips this way; two shares differ when their intervals do not overlap.
+    """
+    if isinstance(hits, bool) or isinstance(n, bool) or int(hits) != hits or int(n) != n:
+        raise ValueError(f"hits and n must be whole counts, got {hits!r} and {n!r}.")
+    if not 0 <= hits <= n or n < 1:
+        raise ValueError(f"need 0 <= hits <= n and n >= 1, got hits={hits}, n={n}.")
+    p = hits / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return p, max(0.0, centre - half), min(1.0, centre + half)
 
 
 def auc_interval(positive, negative, z: float = 1.96) -> tuple[float, float]:

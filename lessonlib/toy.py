@@ -148,9 +148,22 @@ class GaussianMixture2D:
         """log w_k + log p_t(x | k), shape (B, K)."""
         return self._terms(x, abar)[0]
 
-    def log_prob(self, x: Tensor, abar) -> Tensor:
-        """log p_t(x), shape (B,)."""
-        return torch.logsumexp(self.log_joint(x, abar), dim=1)
+    def log_prob(self, x: Tensor, abar, y=None) -> Tensor:
+        """log p_t(x), or log p_t(x | y) when classes y are given; shape (B,)."""
+        log_joint = self.log_joint(x, abar)
+        if y is None:
+            return torch.logsumexp(log_joint, dim=1)
+        y = self._classes(y, x.shape[0]).to(log_joint.device)
+        class_log_weight = self._by_class(self.weights.log()[None])[0]
+        return self._by_class(log_joint)[torch.arange(len(y)), y] - class_log_weight[y]
+
+    def component_of(self, x: Tensor, abar, y) -> Tensor:
+        """The most probable component of each point among those of its class y (lesson 11's branch counts)."""
+        y = self._classes(y, x.shape[0])
+        log_joint = self.log_joint(x, abar)
+        if self.labels is None:
+            return y.clone()
+        return log_joint.masked_fill(self.labels[None, :] != y[:, None], -math.inf).argmax(1)
 
     def posterior(self, x: Tensor, abar) -> Tensor:
         """p_t(class | x), shape (B, C): the exact noise-aware classifier."""

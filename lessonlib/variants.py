@@ -26,7 +26,8 @@ Lesson 11's methods:
   c + (s - 1)(d_perp + eta d_par). Neutral: ``eta=1, norm_threshold=None, momentum=0``.
 - :func:`guided_ddim_sample` / :func:`guided_ddim_invert` with ``plus_plus=True`` (CFG++, Chung et al. 2024):
   x0_hat from eps_u + lam (eps_c - eps_u), lam in [0, 1], the step re-noised with eps_u (and, when inverting,
-  the roles swapped). At lam = 0 it is unconditional DDIM, which is CFG at s = 0.
+  the roles swapped). At lam = 0 it is unconditional DDIM, which is CFG at s = 0. Each CFG++ step equals a CFG
+  step at the scale :func:`cfgpp_scales` gives, which grows with the number of steps.
 - :func:`autoguidance` (Karras et al. 2024): D_bad + w (D_good - D_bad), both conditional; at w = 1 the good model.
 """
 from __future__ import annotations
@@ -43,7 +44,7 @@ from .schedules import NoiseSchedule, signal_noise, timestep_sequence
 from .types import EpsFn
 
 __all__ = ["cfg_variant", "cfg_zero_star", "optimized_scale", "parallel_part", "check_interval", "apg",
-           "guided_ddim_sample", "guided_ddim_invert", "autoguidance", "distilled"]
+           "guided_ddim_sample", "guided_ddim_invert", "cfgpp_scales", "autoguidance", "distilled"]
 
 
 def parallel_part(d: Tensor, c: Tensor) -> Tensor:
@@ -211,19 +212,30 @@ def apg(model: Callable, cond: Any, null_cond: Any, scale: float, *, schedule: N
     return eps_fn
 
 
-def _guided_ddim(model, cond, null_cond, scale: float, x: Tensor, schedule: NoiseSchedule, *, steps: int,
-                 plus_plus: bool, invert: bool, clip_x0: bool) -> Tensor:
+def _step_scales(scale, steps: int, plus_plus: bool) -> list[float]:
+    """One guidance scale per DDIM step: a number for every step, or (CFG only) a sequence of ``steps`` scales."""
     if plus_plus:
-        scale = _finite(scale, "CFG++'s lambda", 0.0, 1.0)
-    else:
-        scale = check_scale(scale)
-    predict = batched_predictions(model, [null_cond, cond])
+        return [_finite(scale, "CFG++'s lambda", 0.0, 1.0)] * steps
+    if isinstance(scale, (int, float)) and not isinstance(scale, bool):
+        return [check_scale(scale)] * steps
+    scales = [check_scale(float(v)) for v in torch.as_tensor(scale).reshape(-1)]
+    if len(scales) != steps:
+        raise ValueError(f"give one scale per step: {steps} steps, got {len(scales)} scales.")
+    return scales
+
+
+def _guided_ddim(model, cond, null_cond, scale, x: Tensor, schedule: NoiseSchedule, *, steps: int,
+                 plus_plus: bool, invert: bool, clip_x0: bool) -> Tensor:
     ks = timestep_sequence(schedule.T, steps).tolist() + [-1]  # descending, then the clean image
-    pairs = list(zip(ks[:-1], ks[1:])) if not invert else [(b, a) for a, b in reversed(list(zip(ks[:-1], ks[1:])))]
-    for k_from, k_to in pairs:
+    scales = _step_scales(scale, len(ks) - 1, plus_plus)
+    pairs = list(zip(ks[:-1], ks[1:], scales))
+    if invert:  # the same steps, walked up from the clean image
+        pairs = [(b, a, w) for a, b, w in reversed(pairs)]
+    predict = batched_predictions(model, [null_cond, cond])
+    for k_from, k_to, w in pairs:
         k_eval = max(k_from, 0)  # inverting from the clean image evaluates the model at timestep 0
         eps_u, eps_c = predict(x, torch.full((x.shape[0],), k_eval, dtype=torch.long, device=x.device))
-        guided = combine(eps_u, [(eps_c, scale)])
+        guided = combine(eps_u, [(eps_c, w)])
         eps_x0, eps_dir = guided, guided
         if plus_plus:
             eps_x0, eps_dir = (eps_u, guided) if invert else (guided, eps_u)
@@ -235,17 +247,35 @@ def _guided_ddim(model, cond, null_cond, scale: float, x: Tensor, schedule: Nois
     return x
 
 
+def cfgpp_scales(schedule: NoiseSchedule, steps: int, lam: float) -> Tensor:
+    """The CFG scale that each of CFG++'s DDIM steps equals (lesson 11): w = lam sbar_hi / (sbar_hi - sbar_lo).
+
+    With sbar = sqrt(1 - abar) / sqrt(abar), a DDIM step in x / sqrt(abar) moves by -(sbar_hi - sbar_lo) eps_w; CFG++
+    moves by -(sbar_hi - sbar_lo) eps_u - sbar_hi lam (eps_c - eps_u). The two agree at this w, sampling and
+    inverting alike, so CFG++ is CFG with a per-step scale that grows as the steps get shorter: the same lambda
+    guides harder with more steps. The last step (to the clean image) has w = lam.
+    """
+    lam = _finite(lam, "CFG++'s lambda", 0.0, 1.0)
+    ks = timestep_sequence(schedule.T, steps).tolist() + [-1]
+    out = []
+    for hi, lo in zip(ks[:-1], ks[1:]):
+        (a_hi, s_hi), (a_lo, s_lo) = signal_noise(schedule, hi), signal_noise(schedule, lo)
+        out.append(lam * (s_hi / a_hi) / (s_hi / a_hi - s_lo / a_lo))
+    return torch.tensor(out, dtype=torch.float64)
+
+
 @torch.no_grad()
-def guided_ddim_sample(model: Callable, cond: Any, null_cond: Any, scale: float, x_T: Tensor,
+def guided_ddim_sample(model: Callable, cond: Any, null_cond: Any, scale, x_T: Tensor,
                        schedule: NoiseSchedule, *, steps: int, plus_plus: bool = False, clip_x0: bool = True) -> Tensor:
     """DDIM (eta = 0) with CFG at ``scale``, or with CFG++ (``plus_plus=True``, ``scale`` = lambda in [0, 1]):
-    x0_hat from the guided eps, the step re-noised with eps_u (lesson 11)."""
+    x0_hat from the guided eps, the step re-noised with eps_u (lesson 11). For CFG, ``scale`` may also be a
+    sequence of one scale per step (e.g. :func:`cfgpp_scales`)."""
     return _guided_ddim(model, cond, null_cond, scale, x_T, schedule, steps=steps, plus_plus=plus_plus,
                         invert=False, clip_x0=clip_x0)
 
 
 @torch.no_grad()
-def guided_ddim_invert(model: Callable, cond: Any, null_cond: Any, scale: float, x0: Tensor,
+def guided_ddim_invert(model: Callable, cond: Any, null_cond: Any, scale, x0: Tensor,
                        schedule: NoiseSchedule, *, steps: int, plus_plus: bool = False) -> Tensor:
     """DDIM inversion, clean image -> noise on the same grid :func:`guided_ddim_sample` walks back (lesson 11).
 

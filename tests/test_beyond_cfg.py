@@ -6,10 +6,11 @@ import torch
 from helpers import loss_before_after, randomise
 
 from lessonlib.guidance import batched_cfg, conditional
+from lessonlib.metrics import proportion_interval
 from lessonlib.samplers import sample
 from lessonlib.schedules import linear_schedule
 from lessonlib.toy import GaussianMixture2D
-from lessonlib.variants import apg, autoguidance, guided_ddim_invert, guided_ddim_sample
+from lessonlib.variants import apg, autoguidance, cfgpp_scales, guided_ddim_invert, guided_ddim_sample
 
 S = linear_schedule(1000)
 TOY = GaussianMixture2D()
@@ -96,6 +97,22 @@ def test_guided_ddim_is_ddim_and_cfgpp_at_lambda_0_is_unconditional():
         guided_ddim_sample(EXACT, y, null, 3.0, x, S, steps=25, plus_plus=True)
 
 
+def test_cfgpp_is_cfg_with_a_per_step_scale_that_grows_with_the_number_of_steps():
+    x, y, null = _batch(100, seed=7)
+    for steps in (7, 25):
+        w = cfgpp_scales(S, steps, 0.6)
+        assert len(w) == steps and math.isclose(float(w[-1]), 0.6)  # the last step lands on x0_hat: w = lambda
+        plus = guided_ddim_sample(EXACT, y, null, 0.6, x, S, steps=steps, plus_plus=True, clip_x0=False)
+        torch.testing.assert_close(plus, guided_ddim_sample(EXACT, y, null, w, x, S, steps=steps, clip_x0=False))
+        inv = guided_ddim_invert(EXACT, y, null, 0.6, plus, S, steps=steps, plus_plus=True)
+        torch.testing.assert_close(inv, guided_ddim_invert(EXACT, y, null, w, plus, S, steps=steps))
+    assert float(cfgpp_scales(S, 40, 0.6).max()) > 3 * float(cfgpp_scales(S, 10, 0.6).max())
+    with pytest.raises(ValueError, match="one scale per step: 5 steps, got 4"):
+        guided_ddim_sample(EXACT, y, null, [1.0, 2.0, 3.0, 4.0], x, S, steps=5)
+    with pytest.raises(ValueError, match="lambda must lie"):
+        cfgpp_scales(S, 10, 1.5)
+
+
 def test_ddim_inversion_round_trips_better_with_more_steps():
     x0, y = TOY.sample(300, generator=torch.Generator().manual_seed(3))
     x0, null = x0.double(), torch.full((300,), -1)
@@ -106,7 +123,8 @@ def test_ddim_inversion_round_trips_better_with_more_steps():
         return float((back - x0).norm(dim=1).mean())
 
     assert round_trip(200) < 0.5 * round_trip(10)
-    assert round_trip(50, 0.6, True) < 0.8 * round_trip(10, 0.6, True)  # (at 200 steps it diverges on this toy)
+    assert round_trip(50, 0.6, True) < 0.8 * round_trip(10, 0.6, True)  # at 200 steps it diverges:
+    # cfgpp_scales grow with the number of steps, so the same lambda guides ever harder
 
 
 def test_autoguidance_is_the_good_model_at_w_1_and_checks_its_guide():
@@ -147,6 +165,40 @@ def test_the_tree_toy_has_exact_class_scores_and_samples_its_classes():
         GaussianMixture2D(TOY.means, TOY.covs, TOY.weights, labels=torch.tensor([0.0, 0.9, 1.0]))
     with pytest.raises(ValueError, match="width must lie"):
         GaussianMixture2D.tree(width=0.0)
+
+
+def test_the_tree_toy_class_densities_integrate_to_one_and_name_the_branch_a_point_is_on():
+    tree = GaussianMixture2D.tree()
+    axis = torch.linspace(-7, 7, 281, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1).reshape(-1, 2)
+    cell = float(axis[1] - axis[0]) ** 2
+    for c in (0, 1):  # at abar = 0.3 every component is wide enough for a 0.05 grid
+        assert math.isclose(float(tree.log_prob(grid, 0.3, c).exp().sum()) * cell, 1.0, rel_tol=1e-3)
+    x, _ = tree.sample(32, generator=torch.Generator().manual_seed(6))
+    class_weights = torch.stack([tree.weights[tree.labels == c].sum() for c in (0, 1)])
+    by_bayes = torch.logsumexp(torch.stack([tree.log_prob(x.double(), 0.7, c) for c in (0, 1)], 1)
+                               + class_weights.log(), 1)
+    torch.testing.assert_close(by_bayes, tree.log_prob(x.double(), 0.7))
+    tips = ((tree.levels == 3) & (tree.labels == 1)).nonzero().squeeze(1)
+    found = tree.component_of(tree.means[tips], 1.0, 1)
+    assert torch.equal(found, tips)
+    assert torch.all(tree.labels[tree.component_of(tree.means[tips], 1.0, 0)] == 0)  # within the class asked for
+    with pytest.raises(ValueError, match="classes of this mixture are 0..1"):
+        tree.log_prob(x, 1.0, 2)
+
+
+def test_proportion_interval_is_wilsons_and_refuses_impossible_counts():
+    p, lo, hi = proportion_interval(5, 10)
+    assert p == 0.5 and math.isclose(lo, 0.2366, abs_tol=1e-4) and math.isclose(hi, 0.7634, abs_tol=1e-4)
+    p, lo, hi = proportion_interval(0, 10)
+    assert p == 0 and lo == 0 and math.isclose(hi, 0.2775, abs_tol=1e-4)  # not the normal interval's 0 width
+    g = torch.Generator().manual_seed(0)
+    draws = (torch.rand(2000, 200, generator=g) < 0.03).sum(1)
+    covered = sum(lo <= 0.03 <= hi for lo, hi in (proportion_interval(int(k), 200)[1:] for k in draws))
+    assert 0.93 <= covered / 2000 <= 0.99
+    for hits, n in ((3, 2), (-1, 5), (1.5, 4), (0, 0)):
+        with pytest.raises(ValueError, match="hits"):
+            proportion_interval(hits, n)
 
 
 @pytest.mark.slow

@@ -65,6 +65,8 @@ def test_the_fid_interval_brackets_the_value_shrinks_with_n_and_separates_only_r
     same = fid_judge_interval(judge, real(300), real(300))
     moved = fid_judge_interval(judge, real(300, shift=1.0), real(300))
     assert moved.separated_from(same) and not same.separated_from(fid_judge_interval(judge, real(300), real(300)))
+    assert same.compare(moved) == "first lower" and moved.compare(same) == "second lower"
+    assert same.compare(fid_judge_interval(judge, real(300), real(300))) == "not distinguishable"
     assert f"{moved:.1f}".count("[") == 1 and len(f"{moved:>40.2f}") == 40 and f"{moved:>40.2f}".startswith(" ")
     with pytest.raises(ValueError, match="n_boot"):
         fid_judge_interval(judge, real(10), real(10), n_boot=2)
