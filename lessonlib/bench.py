@@ -19,7 +19,7 @@ from . import zoo
 from .data import load_mnist
 from .frontier import LESSON_09, LESSON_11, format_frontier, measure_frontier
 from .guidance import batched_cfg, cfg, conditional
-from .metrics import fid_floor, fid_judge
+from .metrics import fid_floor, fid_judge, judge_manifold_scores
 from .samplers import sample_images
 from .timing import per_call_ms
 from .types import NULL_CLASS
@@ -40,17 +40,23 @@ def bench_sampling(*, n: int = 2000, n_ddpm: int = 500, ddim_steps=(10, 25, 50, 
     print(f"machine: {zoo.machine_summary()} | reference: {test.source}")
     floors = {k: fid_floor(judge, test.images, k, seed=seed) for k in sorted({n, n_ddpm})}
     ref = test.images[torch.randperm(len(test), generator=torch.Generator().manual_seed(seed + 1))]
+    real_pr = {k: judge_manifold_scores(judge, ref[k:2 * k], ref[:k]) for k in sorted({n, n_ddpm})}
+    for k, pr in real_pr.items():
+        print(f"  real vs real, N={k}: precision {pr.precision:.3f} recall {pr.recall:.3f} density {pr.density:.3f} "
+              f"coverage {pr.coverage:.3f} (k = {pr.k}; what a perfect sampler would score)")
     rows = []
     for method, steps, count in [("ddpm", schedule.T, n_ddpm)] + [("ddim", s, n) for s in ddim_steps]:
         start = time.perf_counter()
         images = sample_images(eps, count, schedule, steps=steps, method=method, seed=seed)
         seconds = time.perf_counter() - start
         fid = fid_judge(judge, images, ref[:count])
+        pr = judge_manifold_scores(judge, images, ref[:count])
         rows.append({"sampler": f"{method}-{steps}", "n": count, "images_per_s": count / seconds, "fid": fid,
-                     "floor": floors[count], "ratio": fid / floors[count], "seconds": seconds})
+                     "floor": floors[count], "ratio": fid / floors[count], "seconds": seconds,
+                     "precision": pr.precision, "recall": pr.recall, "density": pr.density, "coverage": pr.coverage})
         r = rows[-1]
         print(f"  {r['sampler']:>10} N={count:<5} {r['images_per_s']:8.2f} img/s   FID_judge {fid:8.3f}   "
-              f"floor {r['floor']:.3f}   ratio {r['ratio']:6.2f}x   ({seconds:.0f} s)", flush=True)
+              f"floor {r['floor']:.3f}   ratio {r['ratio']:6.2f}x   {pr}   ({seconds:.0f} s)", flush=True)
     fastest = max(rows, key=lambda r: r["images_per_s"])
     print(f"speed ratios vs {fastest['sampler']}: "
           + ", ".join(f"{r['sampler']} {r['images_per_s'] / fastest['images_per_s']:.3f}" for r in rows))

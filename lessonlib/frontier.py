@@ -20,7 +20,7 @@ from .captions import DIGIT_WORDS, zero_shot_templates
 from .clip import class_embeddings
 from .data import load_mnist
 from .guidance import batched_cfg, classifier_grad, grad_guidance, noisy_clip_grad
-from .metrics import class_diversity, fid_floor, fid_judge_interval, judge_accuracy, mean_ink
+from .metrics import class_diversity, fid_floor, fid_judge_interval, judge_accuracy, judge_manifold_scores, mean_ink
 from .samplers import sample_images
 from .schedules import NoiseSchedule
 from .types import NULL_CLASS, EpsFn
@@ -97,7 +97,8 @@ def measure_frontier(*, n: int = 200, steps: int = 20, seed: int = 0, methods: l
                      scales: dict[str, list[float]] | None = None, default_scales: list[float] | None = None,
                      clip_x0: bool = True, keep_samples: bool = False,
                      progress: bool = False) -> tuple[list[dict], float]:
-    """One row per (method, scale): adherence, FID_judge, diversity, mean ink, ms per image; plus the FID floor.
+    """One row per (method, scale): adherence, FID_judge, precision and recall (against the class-matched real set),
+    diversity, mean ink, ms per image; plus the FID floor.
 
     ``keep_samples`` keeps each row's images (``row["samples"]``, classes ``torch.arange(n) % 10``) for paired
     comparisons between methods, which share the starting noise.
@@ -133,8 +134,9 @@ def measure_frontier(*, n: int = 200, steps: int = 20, seed: int = 0, methods: l
                 xs = sample_images(fn, noise, schedule, steps=steps, clip_x0=clip_x0, progress=progress)
             seconds = time.perf_counter() - start
             ci = fid_judge_interval(judge, xs, ref)
+            pr = judge_manifold_scores(judge, xs, ref)
             rows.append({"method": name, "scale": s, "adherence": judge_accuracy(judge, xs, y),
-                         "fid_judge": ci.fid, "fid_interval": ci,
+                         "fid_judge": ci.fid, "fid_interval": ci, "precision": pr.precision, "recall": pr.recall,
                          "diversity": class_diversity(judge, xs, y), "ink": mean_ink(xs),
                          "ms_per_image": 1000 * seconds / n, **({"samples": xs} if keep_samples else {})})
     return rows, fid_floor(judge, test.images, seed=seed, labels=test.labels, matched_to=y)
@@ -153,10 +155,11 @@ def best_points(rows: list[dict], *, min_adherence: float = 0.95) -> dict[str, d
 def format_frontier(rows: list[dict], floor: float, *, min_adherence: float = 0.95) -> str:
     """The frontier table and the best operating point of each method, as text."""
     w = max(len(r["method"]) for r in rows)
-    lines = [f"{'method':{w}s} {'scale':>6s} {'adherence':>10s} {'FID_judge [95% interval]':>25s} {'diversity':>10s} "
-             f"{'ink':>6s} {'ms/img':>7s}"]
+    lines = [f"{'method':{w}s} {'scale':>6s} {'adherence':>10s} {'FID_judge [95% interval]':>25s} {'precision':>9s} "
+             f"{'recall':>6s} {'diversity':>10s} {'ink':>6s} {'ms/img':>7s}"]
     lines += [f"{r['method']:{w}s} {r['scale']:6g} {r['adherence']:10.3f} {r['fid_interval']:>25.2f} "
-              f"{r['diversity']:10.2f} {r['ink']:6.3f} {r['ms_per_image']:7.1f}" for r in rows]
+              f"{r['precision']:9.3f} {r['recall']:6.3f} {r['diversity']:10.2f} {r['ink']:6.3f} {r['ms_per_image']:7.1f}"
+              for r in rows]
     lines += ["", f"best operating point (lowest FID_judge with adherence >= {min_adherence}, else most adherent); "
                   f"FID floor {floor:.2f}"]
     lines += [f"{name:{w}s} s = {r['scale']:<5g} adherence {r['adherence']:.3f}  FID_judge {r['fid_interval']:.2f}  "

@@ -10,6 +10,8 @@
 - text adherence: digit (judge), thickness and slant (measured) against the prompt (lesson 08);
 - reference agreement: per sample, what it shares with a reference digit: class (judge), thickness and slant
   tertile, coarse layout IoU and pixel ink IoU (lesson 08);
+- precision / recall, density / coverage: fidelity and diversity as separate numbers, from k-nearest-neighbour
+  balls around judge features of real and generated images (Kynkaanniemi et al. 2019; Naeem et al. 2020);
 - mean_interval: a mean with the half-width of its normal-approximation 95% interval.
 - proportion_interval: a share k / n with its Wilson 95% interval (lesson 11's outlier and branch counts).
 """
@@ -31,7 +33,8 @@ from .transforms import coarse_layout
 __all__ = ["energy_distance", "judge_features", "judge_accuracy", "frechet_distance", "fid_judge",
            "fid_floor", "FidInterval", "fid_judge_interval", "judge_predictions", "diversity",
            "class_diversity", "layout_iou", "CLASSIFIER_EVAL_T", "accuracy_by_t", "text_adherence",
-           "reference_agreement", "mean_interval", "proportion_interval", "auc_interval", "mean_ink"]
+           "reference_agreement", "mean_interval", "proportion_interval", "auc_interval", "mean_ink",
+           "ManifoldScores", "manifold_scores", "judge_manifold_scores"]
 
 
 def energy_distance(a: Tensor, b: Tensor) -> float:
@@ -179,6 +182,64 @@ def class_diversity(judge: nn.Module, samples: Tensor, labels) -> float:
         raise ValueError(f"give one label per sample: {tuple(labels.shape)} labels for {len(samples)} samples.")
     classes = labels.unique()
     return sum(diversity(judge, samples[labels == k]) for k in classes) / len(classes)
+
+
+@dataclass(frozen=True)
+class ManifoldScores:
+    """Fidelity and diversity measured separately on judge features (see :func:`manifold_scores`).
+
+    precision: share of samples inside the real data's k-NN manifold (fidelity); recall: share of real points
+    inside the samples' manifold (diversity); density: how many real neighbourhoods contain a sample on average,
+    divided by k (about 1 for samples like the data, above 1 when they crowd the dense regions); coverage: share of
+    real points whose neighbourhood contains a sample (diversity, robust to sample outliers).
+    """
+
+    precision: float
+    recall: float
+    density: float
+    coverage: float
+    k: int
+
+    def __format__(self, spec: str) -> str:
+        return (f"P {self.precision:{spec or '.3f'}} R {self.recall:{spec or '.3f'}} "
+                f"D {self.density:{spec or '.3f'}} C {self.coverage:{spec or '.3f'}}")
+
+
+def _knn_radii(f: Tensor, k: int) -> Tensor:
+    """Distance from each row to its k-th nearest other row."""
+    d = torch.cdist(f, f)
+    return d.kthvalue(k + 1, dim=1).values  # the 1st smallest is the row itself (0)
+
+
+def manifold_scores(real: Tensor, fake: Tensor, *, k: int = 5) -> ManifoldScores:
+    """Precision and recall (Kynkaanniemi et al. 2019) and density and coverage (Naeem et al. 2020) of feature sets.
+
+    Each set's manifold is the union of balls around its points reaching their k-th nearest neighbour in the same
+    set. ``real`` and ``fake`` are (N, D) and (M, D) features (e.g. :func:`judge_features`); use equal N and M,
+    as the estimates depend on set size. Precision and recall are 1 for identical sets; a collapsed set keeps
+    precision and loses recall and coverage; a shifted set loses all four.
+    """
+    real, fake = torch.as_tensor(real, dtype=torch.float64), torch.as_tensor(fake, dtype=torch.float64)
+    if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
+        raise ValueError(f"need two (N, D) feature sets with the same D, got {tuple(real.shape)} and "
+                         f"{tuple(fake.shape)}.")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < min(len(real), len(fake)):
+        raise ValueError(f"k must be an integer from 1 to {min(len(real), len(fake)) - 1} (set sizes "
+                         f"{len(real)} and {len(fake)}), got {k!r}.")
+    r_real, r_fake = _knn_radii(real, k), _knn_radii(fake, k)
+    d = torch.cdist(fake, real)  # (M, N)
+    inside_real = d <= r_real[None, :]  # sample j inside real point i's ball
+    inside_fake = d <= r_fake[:, None]  # real point i inside sample j's ball
+    return ManifoldScores(precision=float(inside_real.any(1).double().mean()),
+                          recall=float(inside_fake.any(0).double().mean()),
+                          density=float(inside_real.double().sum(1).mean() / k),
+                          coverage=float(inside_real.any(0).double().mean()), k=k)
+
+
+def judge_manifold_scores(judge: nn.Module, samples: Tensor, reference: Tensor, *, k: int = 5) -> ManifoldScores:
+    """:func:`manifold_scores` of samples against real reference images in judge feature space: fidelity and
+    diversity as separate axes (reported by ``bench sampling`` and ``bench frontier``)."""
+    return manifold_scores(judge_features(judge, reference), judge_features(judge, samples), k=k)
 
 
 def layout_iou(samples: Tensor, layouts: Tensor, *, cells: int = 7, threshold: float = 0.25) -> Tensor:

@@ -4,7 +4,7 @@ import torch
 from scipy import linalg
 from torch import nn
 
-from lessonlib.metrics import diversity, fid_floor, frechet_distance, judge_accuracy
+from lessonlib.metrics import diversity, fid_floor, frechet_distance, judge_accuracy, manifold_scores
 
 
 def test_frechet_distance_matches_the_scipy_formula():
@@ -138,3 +138,25 @@ def test_class_matched_references_remove_the_class_mix_from_fid():
         fid_floor(judge, pool, 200, matched_to=wanted)
     with pytest.raises(ValueError, match="leave n out"):
         fid_floor(judge, pool, 100, labels=pool_labels, matched_to=wanted)
+
+
+def test_manifold_scores_separate_fidelity_from_diversity_on_constructed_sets():
+    g = torch.Generator().manual_seed(0)
+    real, other = torch.randn(600, 8, generator=g), torch.randn(600, 8, generator=g)
+    same = manifold_scores(real, real.clone())
+    assert same.precision == same.recall == same.coverage == 1.0
+    fresh = manifold_scores(real, other)  # another draw of the same distribution
+    assert fresh.precision > 0.6 and fresh.recall > 0.6 and fresh.coverage > 0.8 and 0.7 < fresh.density < 1.3
+    collapsed = manifold_scores(real, real[:1] + 0.05 * torch.randn(600, 8, generator=g))  # one mode, tight
+    assert collapsed.precision > 0.9 and collapsed.recall < 0.1 and collapsed.coverage < 0.1
+    sharpened = manifold_scores(real, 0.3 * other)  # crowding the data's densest region, as strong guidance does
+    assert sharpened.precision > 0.95 and sharpened.density > 1.5 and sharpened.recall < 0.1
+    shifted = manifold_scores(real, other + 4.0)
+    assert max(shifted.precision, shifted.recall, shifted.coverage) < 0.05
+    wide = manifold_scores(real, 3 * other)  # more spread than the data: fidelity falls, recall stays
+    assert wide.precision < fresh.precision - 0.3 and wide.recall > 0.9
+    assert f"{fresh}".startswith("P 0.") and "C " in f"{fresh:.2f}"
+    with pytest.raises(ValueError, match="same D"):
+        manifold_scores(real, other[:, :4])
+    with pytest.raises(ValueError, match="k must be an integer"):
+        manifold_scores(real[:5], other[:5], k=5)

@@ -93,6 +93,8 @@ def test_frontier_measures_every_scale_from_the_same_noise_and_picks_best_points
     rows, floor = measure_frontier(n=20, steps=3, methods=["CFG", "CFG rescale 0.7"])
     assert [r["method"] for r in rows].count("CFG") == 6 and floor > 0
     assert all(0 <= r["adherence"] <= 1 and r["fid_judge"] > 0 for r in rows)
+    assert all(0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 for r in rows)
+    assert len({(r["precision"], r["recall"]) for r in rows}) > 1  # measured per row, not one value for all
     best = best_points(rows, min_adherence=2.0)  # unreachable: falls back to the most adherent scale
     assert best["CFG"]["adherence"] == max(r["adherence"] for r in rows if r["method"] == "CFG")
     assert "best operating point" in format_frontier(rows, floor)
