@@ -17,6 +17,8 @@ For s = t - 1 this is the DDPM posterior with beta_tilde_t = var.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -31,7 +33,7 @@ __all__ = [
     "posterior_mean_variance",
     "step_timesteps",
     "abar_at_prev",
-    "denoising_loss",
+    "denoising_loss", "min_snr_weights",
     "check_same_shape",
 ]
 
@@ -115,10 +117,31 @@ def posterior_mean_variance(schedule: NoiseSchedule, x0: Tensor, x_t: Tensor, t,
     return c0 * x0 + ct * x_t, variance
 
 
-def denoising_loss(eps_model, x0: Tensor, schedule: NoiseSchedule, *, generator=None, t=None, **model_kwargs) -> Tensor:
-    """Denoising score matching: E || eps - eps_model(q_sample(x0, t, eps), t) ||^2, t uniform (lesson 01)."""
+def min_snr_weights(schedule: NoiseSchedule, t: Tensor, gamma: float) -> Tensor:
+    """Min-SNR-gamma loss weights for an eps-prediction loss (Hang et al. 2023): min(SNR_t, gamma) / SNR_t.
+
+    SNR_t = abar_t / (1 - abar_t). The eps loss weighs the x0 error by SNR_t, so the nearly clean timesteps
+    dominate its gradient; this weight caps that at gamma, giving the noisy timesteps (where the image's layout is
+    decided) a fair share. 1 wherever SNR_t <= gamma.
+    """
+    if not (isinstance(gamma, (int, float)) and not isinstance(gamma, bool) and gamma > 0 and math.isfinite(gamma)):
+        raise ValueError(f"min-SNR gamma must be a positive number, got {gamma!r}.")
+    abar = schedule.abar.to(t.device)[t]
+    snr = abar / (1 - abar)
+    return snr.clamp(max=gamma) / snr
+
+
+def denoising_loss(eps_model, x0: Tensor, schedule: NoiseSchedule, *, generator=None, t=None,
+                   min_snr_gamma: float | None = None, **model_kwargs) -> Tensor:
+    """Denoising score matching: E || eps - eps_model(q_sample(x0, t, eps), t) ||^2, t uniform (lesson 01).
+
+    With ``min_snr_gamma`` each sample's squared error is weighted by :func:`min_snr_weights` (issue 17's recipes).
+    """
     if t is None:
         t = torch.randint(0, schedule.T, (x0.shape[0],), generator=generator).to(x0.device)
     noise = torch.randn(x0.shape, generator=generator).to(x0)
     x_t = q_sample(schedule, x0, t, noise)
-    return (eps_model(x_t, t, **model_kwargs) - noise).pow(2).mean()
+    err = (eps_model(x_t, t, **model_kwargs) - noise).pow(2)
+    if min_snr_gamma is None:
+        return err.mean()
+    return (err.flatten(1).mean(1) * min_snr_weights(schedule, t, min_snr_gamma).to(err)).mean()

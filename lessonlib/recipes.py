@@ -50,6 +50,7 @@ class Recipe:
     p_digit: float = 1.0  # text tasks: probability that a caption names the digit
     withhold_digit: int | None = None  # clip task: a digit no caption names (lesson 05's zero-shot test)
     withhold_pair: tuple | None = None  # clip task: (attribute word, digit) never captioned together
+    min_snr_gamma: float | None = None  # diffusion tasks: min-SNR-gamma loss weights (None: the plain eps loss)
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -63,6 +64,9 @@ class Recipe:
         if (self.task == "flow") != (self.schedule == "linear-flow"):
             raise ValueError(f"recipe {self.name!r}: a flow recipe trains on schedule='linear-flow', and only a flow "
                              f"recipe does (task {self.task!r}, schedule {self.schedule!r}).")
+        if self.min_snr_gamma is not None and self.task not in ("diffusion", "controlnet"):
+            raise ValueError(f"recipe {self.name!r}: min_snr_gamma weights the eps loss of diffusion and controlnet "
+                             f"recipes, not a {self.task} recipe.")
         if self.task in ("controlnet", "distill") and not self.base:
             raise ValueError(f"recipe {self.name!r}: a {self.task} recipe needs base= (the frozen U-Net's zoo name).")
 

@@ -110,7 +110,8 @@ def _classifier_loss(kind: str):
 
 def _diffusion_loss(ctx: Context, model: nn.Module, train: ImageSet, gen: torch.Generator) -> LossFn:
     return diffusion_loss_fn(train.images, train.labels, ctx.schedule, batch_size=ctx.recipe.batch_size,
-                             conditional=bool(model.config.num_classes), p_uncond=ctx.recipe.p_uncond, generator=gen)
+                             conditional=bool(model.config.num_classes), p_uncond=ctx.recipe.p_uncond, generator=gen,
+                             min_snr_gamma=ctx.recipe.min_snr_gamma)
 
 
 def _flow_loss(ctx: Context, model: nn.Module, train: ImageSet, gen: torch.Generator) -> LossFn:
@@ -128,7 +129,7 @@ def _controlnet_loss(ctx: Context, model: nn.Module, train: ImageSet, gen: torch
     cells = ctx.recipe.layout_cells
     return diffusion_loss_fn(train.images, train.labels, ctx.schedule, batch_size=ctx.recipe.batch_size,
                              conditional=True, p_uncond=ctx.recipe.p_uncond, generator=gen,
-                             hint=lambda x0: coarse_layout(x0, cells=cells))
+                             hint=lambda x0: coarse_layout(x0, cells=cells), min_snr_gamma=ctx.recipe.min_snr_gamma)
 
 
 def _clip_loss(ctx: Context, model: nn.Module, train: ImageSet, gen: torch.Generator) -> LossFn:

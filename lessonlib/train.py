@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -19,24 +20,66 @@ from torch import nn
 from . import zoo
 from .data import load_dataset
 from .devices import device
-from .recipes import RECIPES
+from .recipes import RECIPES, Recipe
 from .tasks import TASKS, Context, build_model, evaluate
 from .training import fit
 
 __all__ = ["run_recipe", "main"]
 
 
+def with_overrides(recipe: Recipe, overrides: dict) -> Recipe:
+    """A copy of ``recipe`` with fields replaced; ``"config.KEY"`` replaces one key of the architecture's config.
+
+    The result is validated as a recipe (unknown fields and config keys are refused), so an ablation run records
+    exactly what it trained.
+    """
+    values = copy.deepcopy(asdict(recipe))
+    for key, value in overrides.items():
+        if key.startswith("config."):
+            sub = key.removeprefix("config.")
+            if sub not in values["config"]:
+                raise ValueError(f"the {recipe.arch} config has no key {sub!r}; its keys are {sorted(values['config'])}.")
+            values["config"][sub] = value
+        elif key in ("name", "config"):
+            raise ValueError(f"{key!r} cannot be overridden; override config keys one by one as config.KEY.")
+        else:
+            values[key] = value
+    return Recipe.from_dict(values)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["min_snr_gamma=5", "config.patch_size=1"]`` -> {"min_snr_gamma": 5, "config.patch_size": 1} (JSON values;
+    anything that is not JSON stays a string)."""
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set takes FIELD=VALUE (e.g. min_snr_gamma=5 or config.patch_size=1), got {item!r}.")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
 def run_recipe(name: str, *, steps: int | None = None, time_limit_min: float | None = None,
                directory: Path | None = None, measure: bool = True, progress: bool = True,
-               zoo_dir: Path | None = None) -> tuple[nn.Module, dict]:
+               zoo_dir: Path | None = None, overrides: dict | None = None) -> tuple[nn.Module, dict]:
     """Train recipe ``name``, measure it and save it to the zoo; returns (model, manifest entry) (lesson 02).
 
     ``directory`` is where the checkpoint is written; ``zoo_dir`` where the models it needs (a frozen CLIP,
     a ControlNet's base, the judge that measures it) are read from. Both default to the shipped zoo.
+    ``overrides`` (see :func:`with_overrides`) trains a variant of the recipe, for ablations; it needs a
+    ``directory`` of your own, so that the shipped zoo only holds checkpoints its recipes reproduce.
     """
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; available: {', '.join(sorted(RECIPES))}.")
     recipe = copy.deepcopy(RECIPES[name])
+    if overrides:
+        if directory is None:
+            raise ValueError("a recipe with overrides must be written to a folder of your own (--out DIR): the "
+                             "shipped zoo keeps only checkpoints that its recipes reproduce.")
+        recipe = with_overrides(recipe, overrides)
     if steps is not None:
         recipe.steps = steps
     torch.manual_seed(recipe.seed)
@@ -71,9 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, help="stop training after this many minutes (reported)")
     parser.add_argument("--out", help="a checkpoint folder of your own (default: $LESSONLIB_CHECKPOINTS, else the shipped zoo in a clone)")
     parser.add_argument("--no-eval", action="store_true", help="skip the metrics recorded in the manifest")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="train a variant: replace a recipe field (min_snr_gamma=5) or a config key "
+                             "(config.patch_size=1); repeatable; needs --out")
     args = parser.parse_args(argv)
     _, entry = run_recipe(args.recipe, steps=args.steps, time_limit_min=args.minutes,
-                          directory=Path(args.out) if args.out else None, measure=not args.no_eval)
+                          directory=Path(args.out) if args.out else None, measure=not args.no_eval,
+                          overrides=parse_overrides(args.set))
     print(f"{args.recipe}: {entry['steps_done']} steps in {entry['wall_time_s']:.0f} s on {entry['machine']}; "
           f"metrics {entry['metrics']}; saved {entry['file']} ({entry['bytes'] / 1e6:.2f} MB)")
     return 0

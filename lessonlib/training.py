@@ -122,7 +122,7 @@ def _batch(images: Tensor, labels: Tensor, size: int, generator: torch.Generator
 
 def diffusion_loss_fn(images: Tensor, labels: Tensor, schedule, *, batch_size: int, conditional: bool,
                       p_uncond: float = 0.0, generator: torch.Generator,
-                      hint: Callable[[Tensor], Tensor] | None = None) -> LossFn:
+                      hint: Callable[[Tensor], Tensor] | None = None, min_snr_gamma: float | None = None) -> LossFn:
     """Denoising loss on random batches; conditional models see labels dropped to null at rate p_uncond.
 
     With ``hint`` (a ControlNet, lesson 10) the condition is ``{"class": labels, "hint": hint(x0)}``.
@@ -132,7 +132,7 @@ def diffusion_loss_fn(images: Tensor, labels: Tensor, schedule, *, batch_size: i
         cond = drop_conditions(y, p_uncond, generator) if conditional else None
         if hint is not None:
             cond = {"class": cond, "hint": hint(x0)}
-        return denoising_loss(model, x0, schedule, generator=generator, cond=cond)
+        return denoising_loss(model, x0, schedule, generator=generator, cond=cond, min_snr_gamma=min_snr_gamma)
     return loss
 
 

@@ -7,6 +7,7 @@ from lessonlib.diffusion import (
     denoising_loss,
     eps_from_score,
     eps_from_x0,
+    min_snr_weights,
     posterior_mean_variance,
     q_sample,
     score_from_eps,
@@ -85,3 +86,19 @@ def test_denoising_loss_is_reproducible_and_uses_the_model(gen):
     l2 = denoising_loss(zero, x0, s, generator=torch.Generator().manual_seed(1))
     assert l1.item() == l2.item() and 0.7 < l1.item() < 1.3  # E||eps||^2 per coordinate is 1
     assert denoising_loss(lambda x, t: x, x0, s, generator=gen).item() != l1.item()
+
+
+def test_min_snr_weights_cap_the_clean_timesteps_and_weight_the_loss_per_sample():
+    s = linear_schedule(1000)
+    t = torch.tensor([0, 100, 300, 600, 999])
+    w = min_snr_weights(s, t, 5.0)
+    snr = s.abar[t] / (1 - s.abar[t])
+    torch.testing.assert_close(w[snr > 5], (5 / snr[snr > 5]).to(w))
+    assert torch.all(w[snr <= 5] == 1) and w[0] < 0.01 and (snr > 5).any() and (snr <= 5).any()
+    x0 = torch.randn(5, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    zero = lambda x, t: torch.zeros_like(x)  # noqa: E731 - its error is the noise itself
+    weighted = denoising_loss(zero, x0, s, t=t, generator=torch.Generator().manual_seed(2), min_snr_gamma=5.0)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(weighted, (noise.pow(2).flatten(1).mean(1) * w.float()).mean())
+    with pytest.raises(ValueError, match="positive number"):
+        min_snr_weights(s, t, 0.0)

@@ -170,3 +170,25 @@ def test_withholding_is_for_mnist_clip_recipes_and_reads_back_from_json():
         replace(RECIPES["mnist-uncond"], withhold_digit=7)
     recipe = Recipe.from_dict(json.loads(json.dumps(asdict(RECIPES["mnist-clip-withheld"]))))
     assert recipe == RECIPES["mnist-clip-withheld"] and recipe.withhold_pair == ("thick", 3)
+
+
+def test_a_recipe_variant_is_validated_recorded_and_kept_out_of_the_shipped_zoo(tmp_path):
+    from lessonlib.train import parse_overrides, with_overrides
+
+    overrides = parse_overrides(["min_snr_gamma=5", "config.base_channels=8", "description=ablation arm"])
+    assert overrides == {"min_snr_gamma": 5, "config.base_channels": 8, "description": "ablation arm"}
+    _, entry = run_recipe("mnist-cfg", steps=2, directory=tmp_path, measure=False, progress=False,
+                          overrides=overrides)
+    assert entry["recipe"]["min_snr_gamma"] == 5 and entry["recipe"]["config"]["base_channels"] == 8
+    assert entry["recipe"]["config"]["patch_size"] == RECIPES["mnist-cfg"].config["patch_size"]  # the rest kept
+    assert RECIPES["mnist-cfg"].config["base_channels"] == 32 and RECIPES["mnist-cfg"].min_snr_gamma is None
+    with pytest.raises(ValueError, match="folder of your own"):
+        run_recipe("mnist-cfg", steps=2, overrides={"min_snr_gamma": 5})
+    with pytest.raises(ValueError, match="no key 'widht'"):
+        with_overrides(RECIPES["mnist-cfg"], {"config.widht": 3})
+    with pytest.raises(ValueError, match="no field"):
+        with_overrides(RECIPES["mnist-cfg"], {"min_snr": 5})
+    with pytest.raises(ValueError, match="not a clip recipe"):
+        with_overrides(RECIPES["mnist-clip"], {"min_snr_gamma": 5})
+    with pytest.raises(ValueError, match="FIELD=VALUE"):
+        parse_overrides(["min_snr_gamma"])
