@@ -47,10 +47,11 @@ class SliderPanel:
     """
 
     def __init__(self, render: Callable[..., Any], controls: dict[str, W.ValueWidget], *, title: str = "",
-                 upscale: int = 4, cache_size: int = 64):
+                 upscale: int = 4, nrow: int | None = None, cache_size: int = 64):
+        """``nrow``: images per row when ``render`` returns images (default: a square-ish grid)."""
         if not controls:
             raise ValueError("a SliderPanel needs at least one control, e.g. {'scale': scale_slider()}.")
-        self.render, self.controls, self.upscale = render, dict(controls), upscale
+        self.render, self.controls, self.upscale, self.nrow = render, dict(controls), upscale, nrow
         self.cache: OrderedDict[tuple, bytes] = OrderedDict()
         self.cache_size = cache_size
         self.image = W.Image(format="png")
@@ -60,7 +61,11 @@ class SliderPanel:
         for widget in self.controls.values():
             widget.observe(lambda change: self.update(), names="value")
         header = [W.HTML(f"<b>{html.escape(title)}</b>")] if title else []
-        self.widget = W.VBox(header + [W.HBox(list(self.controls.values())), self.image, self.status])
+        for widget in self.controls.values():  # long descriptions ("beta (APG)") are shown whole
+            if hasattr(widget, "style") and hasattr(widget.style, "description_width"):
+                widget.style.description_width = "initial"
+        row = W.HBox(list(self.controls.values()), layout=W.Layout(flex_flow="row wrap"))  # many controls wrap
+        self.widget = W.VBox(header + [row, self.image, self.status])
         self.update()
 
     @property
@@ -96,7 +101,7 @@ class SliderPanel:
         cached = key in self.cache
         try:
             if not cached:
-                self.cache[key] = to_png(self.render(**values), upscale=self.upscale)
+                self.cache[key] = to_png(self.render(**values), upscale=self.upscale, nrow=self.nrow)
                 if len(self.cache) > self.cache_size:
                     self.cache.popitem(last=False)
             self.cache.move_to_end(key)

@@ -95,3 +95,16 @@ def test_scatter_classes_legend_names_the_classes_present_and_needs_labels():
     with pytest.raises(ValueError, match="needs labels"):
         scatter_classes(ax, torch.randn(3, 2), legend=True)
     plt.close(fig)
+
+
+def test_a_panel_lays_its_images_out_in_the_rows_asked_for():
+    from io import BytesIO
+
+    from PIL import Image
+
+    twenty = lambda scale: torch.zeros(20, 1, 8, 8)  # noqa: E731
+    wide = SliderPanel(twenty, {"scale": scale_slider(1.0)}, nrow=10, upscale=1)
+    square = SliderPanel(twenty, {"scale": scale_slider(1.0)}, upscale=1)
+    w_wide, h_wide = Image.open(BytesIO(wide.png)).size
+    w_square, h_square = Image.open(BytesIO(square.png)).size
+    assert w_wide > 4 * h_wide and w_square < 2 * h_square  # 2 rows of 10, against a square-ish grid
