@@ -1,6 +1,7 @@
-"""Benchmarks that print their numbers: ``python -m lessonlib.bench {sampling,cfg,widgets,frontier}``.
+"""Benchmarks that print their numbers: ``python -m lessonlib.bench {sampling,quality,cfg,widgets,frontier}``.
 
-``sampling``: DDPM vs DDIM speed and FID_judge (lesson 02); ``cfg``: the cost of batched classifier-free
+``sampling``: DDPM vs DDIM speed and FID_judge (lesson 02); ``quality``: a diffusion checkpoint (shipped, or an
+ablation's folder) against the data per CFG scale, with issue 17's targets; ``cfg``: the cost of batched classifier-free
 guidance against the conditional pass alone (lesson 07); ``widgets``: uncached and cached slider-panel
 renders (every guidance lesson); ``frontier``: every guidance method and variant on one adherence / FID_judge /
 diversity frontier from the same noise (lesson 09).
@@ -12,20 +13,21 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
 from . import zoo
-from .data import load_mnist
+from .data import load_dataset, load_mnist
 from .frontier import LESSON_09, LESSON_11, format_frontier, measure_frontier
 from .guidance import batched_cfg, cfg, conditional
-from .metrics import fid_floor, fid_judge, judge_manifold_scores
+from .metrics import fid_floor, fid_judge, fid_judge_interval, judge_accuracy, judge_manifold_scores
 from .samplers import sample_images
 from .timing import per_call_ms
 from .types import NULL_CLASS
 from .widgets import SliderPanel, scale_slider
 
-__all__ = ["bench_sampling", "bench_cfg", "bench_widgets", "main"]
+__all__ = ["bench_sampling", "bench_quality", "bench_cfg", "bench_widgets", "main"]
 
 
 def bench_sampling(*, n: int = 2000, n_ddpm: int = 500, ddim_steps=(10, 25, 50, 100), model: str = "mnist-uncond",
@@ -60,6 +62,57 @@ def bench_sampling(*, n: int = 2000, n_ddpm: int = 500, ddim_steps=(10, 25, 50, 
     fastest = max(rows, key=lambda r: r["images_per_s"])
     print(f"speed ratios vs {fastest['sampler']}: "
           + ", ".join(f"{r['sampler']} {r['images_per_s'] / fastest['images_per_s']:.3f}" for r in rows))
+    return rows
+
+
+def bench_quality(*, model: str = "mnist-cfg", directory: str | Path | None = None, n: int = 1000, steps: int = 25,
+                  scales=(1.0, 1.5, 2.0, 3.0, 5.0), seed: int = 0) -> list[dict]:
+    """How close a diffusion checkpoint's samples come to the data (issue 17's targets), per guidance scale.
+
+    Class-conditional: adherence, FID_judge [95% interval] against class-matched real test images, the
+    real-vs-real floor at the same N and the ratio, precision and recall, at each CFG scale (DDIM, or Euler for a
+    velocity model). Unconditional: the same at s = 1 only. ``directory`` reads an ablation's checkpoint folder.
+    """
+    directory = None if directory is None else Path(directory)
+    net, entry = zoo.load(model, directory=directory).eval(), zoo.entry(model, directory=directory)
+    schedule, c = zoo.schedule_for(model, directory=directory), net.config
+    dataset = entry["recipe"].get("dataset", "mnist")
+    judge, test = zoo.load(f"{dataset}-judge"), load_dataset(dataset, "test")
+    method = "euler" if c.prediction == "velocity" else "ddim"
+    conditional_model = bool(c.num_classes)
+    y = torch.arange(n) % c.num_classes if conditional_model else None
+    if conditional_model:
+        ref = test.matched(y, seed=seed)
+        floor = fid_floor(judge, test.images, labels=test.labels, matched_to=y, seed=seed)
+    else:
+        order = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))
+        ref, floor = test.images[order[:n]], fid_floor(judge, test.images, n, seed=seed)
+    noise = torch.randn(n, c.in_channels, c.image_size, c.image_size, generator=torch.Generator().manual_seed(seed))
+    print(f"benchmark: quality | model {model} ({entry['steps_done']} steps, {entry['wall_time_s'] / 60:.0f} min"
+          f"{', ' + str(directory) if directory else ''}) | N = {n}, {method}-{steps} | reference: "
+          f"{'class-matched ' if conditional_model else ''}{test.source} | floor (real vs real) {floor:.3f}")
+    print(f"machine: {zoo.machine_summary()}")
+    rows = []
+    for s in (scales if conditional_model else [1.0]):
+        fn = batched_cfg(net, y, NULL_CLASS, s) if conditional_model else (lambda x, t: net(x, t))
+        xs = sample_images(fn, noise, schedule, steps=steps, method=method)
+        ci, pr = fid_judge_interval(judge, xs, ref), judge_manifold_scores(judge, xs, ref)
+        rows.append({"scale": s, "adherence": judge_accuracy(judge, xs, y) if conditional_model else None,
+                     "fid": ci.fid, "fid_interval": ci, "floor": floor, "ratio": ci.fid / floor,
+                     "precision": pr.precision, "recall": pr.recall})
+        r = rows[-1]
+        adherence = f"adherence {r['adherence']:.3f}  " if conditional_model else ""
+        print(f"  s = {s:<4g} {adherence}FID_judge {ci:.3f} = {r['ratio']:.1f}x the floor   precision "
+              f"{pr.precision:.3f} recall {pr.recall:.3f}", flush=True)
+    if conditional_model:
+        first = rows[0]
+        best = min((r for r in rows if r["adherence"] >= 0.995), key=lambda r: r["fid"], default=None)
+        print(f"issue 17's targets: at s = {first['scale']:g} adherence >= 0.97 "
+              f"({'met' if first['adherence'] >= 0.97 else 'not met'}) and FID_judge <= 2x the floor "
+              f"({'met' if first['ratio'] <= 2 else 'not met'}); at the best scale adherence >= 0.995 with FID_judge "
+              f"<= 2x the floor: " + ("no scale reaches adherence 0.995" if best is None else
+                                      f"s = {best['scale']:g}, {best['ratio']:.1f}x "
+                                      f"({'met' if best['ratio'] <= 2 else 'not met'})"))
     return rows
 
 
@@ -128,6 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     w = sub.add_parser("widgets", help="uncached and cached render time of a CFG slider panel")
     w.add_argument("--images", type=int, default=16)
     w.add_argument("--steps", type=int, default=25)
+    q = sub.add_parser("quality", help="a diffusion checkpoint against the data: FID_judge / floor, adherence, "
+                                       "precision and recall per CFG scale")
+    q.add_argument("--model", default="mnist-cfg", help="a zoo name (default mnist-cfg)")
+    q.add_argument("--dir", help="a checkpoint folder of your own (e.g. python -m lessonlib.train ... --out DIR)")
+    q.add_argument("--n", type=int, default=1000, help="samples per scale (default 1000)")
+    q.add_argument("--steps", type=int, default=25, help="sampling steps (default 25)")
+    q.add_argument("--scales", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0, 5.0])
     f = sub.add_parser("frontier", help="every guidance method on one adherence / FID_judge / diversity frontier")
     f.add_argument("--n", type=int, default=200, help="samples per (method, scale), 20 per class (default 200)")
     f.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
@@ -138,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_sampling(n=args.n, n_ddpm=args.n_ddpm, ddim_steps=args.steps, seed=args.seed)
     elif args.bench == "cfg":
         bench_cfg(batches=args.batches)
+    elif args.bench == "quality":
+        bench_quality(model=args.model, directory=args.dir, n=args.n, steps=args.steps, scales=args.scales)
     elif args.bench == "frontier":
         print(f"benchmark: frontier | N = {args.n} per point (10 classes), DDIM-{args.steps}, same noise for every point "
               f"| machine: {zoo.machine_summary()}", flush=True)

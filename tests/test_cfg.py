@@ -53,3 +53,21 @@ def test_widgets_benchmark_renders_then_hits_the_cache(tiny_zoo):
     assert out["renders"] == 3 and out["cache_hits"] == 3  # the panel's own record, not wall time
     with pytest.raises(SystemExit):
         main(["widgets", "--images", "many"])
+
+
+@pytest.mark.slow
+def test_quality_benchmark_reads_an_ablation_folder_and_reports_against_the_targets(tmp_path, capsys):
+    from helpers import TINY, randomise
+
+    from lessonlib import zoo
+    from lessonlib.bench import bench_quality
+    from lessonlib.nets.unet import UNet
+
+    zoo.save("mnist-cfg", randomise(UNet(TINY)), info={"command": "test", "recipe": {"schedule": "linear", "T": 50},
+                                                        "steps_done": 0, "wall_time_s": 0.0}, directory=tmp_path)
+    rows = bench_quality(model="mnist-cfg", directory=tmp_path, n=20, steps=2, scales=(1.0, 3.0))
+    assert [r["scale"] for r in rows] == [1.0, 3.0]
+    assert all(0 <= r["adherence"] <= 1 and 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 for r in rows)
+    assert all(r["ratio"] > 5 for r in rows)  # a random network is far from the data
+    out = capsys.readouterr().out
+    assert "class-matched" in out and "targets" in out and "not met" in out
