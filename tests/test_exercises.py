@@ -1,0 +1,66 @@
+"""The checkers can pass and can fail: for every exercise the reference passes, the stub fails with the stub's
+message, and a plausible wrong answer fails with a message that says what went wrong (issue 20)."""
+import pytest
+
+from lessonlib.exercises import EXERCISES, PREDICTIONS, check, check_prediction, stub
+
+
+def _b(a, like):
+    return a.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+WRONG = {  # a plausible mistake per exercise, and what its message must say
+    "score_from_eps": (lambda eps, abar: -eps / (1 - _b(abar, eps)), "hint: lesson 01"),  # the sqrt forgotten
+    "ddim_step": (lambda x_t, eps, abar_t, abar_prev: _b(abar_prev, x_t).sqrt()
+                  * (x_t - (1 - _b(abar_t, x_t)).sqrt() * eps) / _b(abar_t, x_t).sqrt()
+                  + (1 - _b(abar_t, x_t)).sqrt() * eps, "the new noise level is abar_prev's"),  # re-noised at t
+    "cfg": (lambda eps_u, eps_c, scale: (1 + scale) * eps_c - scale * eps_u, "w = s - 1"),  # the other convention
+    "parallel_part": (lambda d, c: (d * c).sum() / (c * c).sum() * c, "one coefficient per sample"),  # whole batch
+    "eps_from_velocity": (lambda x_t, v, t: x_t - (1 - _b(t, x_t)) * v, "eps_hat = x_t + (1 - t) v_hat"),  # sign
+}
+
+
+def test_every_exercise_has_a_tested_wrong_answer():
+    assert set(WRONG) == set(EXERCISES)
+
+
+@pytest.mark.parametrize("name", sorted(EXERCISES))
+def test_the_reference_passes_the_stub_and_a_wrong_answer_fail(name, capsys):
+    assert check(name, EXERCISES[name].reference).passed
+    assert "correct on all" in capsys.readouterr().out
+    result = check(name, stub(name))
+    assert not result.passed and "not written yet" in result.message and EXERCISES[name].task in result.message
+    wrong, says = WRONG[name]
+    result = check(name, wrong)
+    assert not result.passed and says in result.message, result.message
+    assert "AssertionError" not in result.message
+
+
+def test_messages_name_the_input_shape_errors_exceptions_and_in_place_edits():
+    result = check("score_from_eps", lambda eps, abar: -eps / (1 - abar).sqrt())  # (B,) does not broadcast
+    assert not result.passed and "raised RuntimeError" in result.message and "toy points" in result.message
+    result = check("score_from_eps", lambda eps, abar: -eps.mean(0))
+    assert not result.passed and "returned shape (2,)" in result.message
+    result = check("cfg", lambda eps_u, eps_c, scale: eps_u.add_(scale * (eps_c - eps_u)))
+    assert not result.passed and "in place" in result.message
+    result = check("cfg", lambda eps_u, eps_c, scale: (eps_u + scale * (eps_c - eps_u)).double())
+    assert not result.passed and "dtype torch.float64" in result.message
+    wrong = check("eps_from_velocity", WRONG["eps_from_velocity"][0])
+    assert "expected tensor of shape (3, 1, 28, 28)" in wrong.message and "largest difference" in wrong.message
+    assert not check("cfg", "eps_u + s * (eps_c - eps_u)").passed  # a string is not a function
+    with pytest.raises(ValueError, match="no exercise named"):
+        check("ddpm_step", lambda: None)
+
+
+def test_predictions_are_judged_against_the_measurement_and_explained():
+    assert check_prediction("cfg_diversity_trend", "down", "down").passed
+    result = check_prediction("cfg_diversity_trend", "up", "down")
+    assert not result.passed and "not what the lesson measured (down)" in result.message and "Why" in result.message
+    assert "answer one of" in check_prediction("cfg_diversity_trend", "lower", "down").message
+    assert "write your prediction first" in check_prediction("cfg_diversity_trend", None, "down").message
+    assert check_prediction("cfgpp_scale_at_40_steps", 4.5, 5.13).passed
+    result = check_prediction("cfgpp_scale_at_40_steps", 1.4, 5.13)
+    assert not result.passed and "outside" in result.message
+    with pytest.raises(ValueError, match="measured answer must be one of"):
+        check_prediction("cfg_diversity_trend", "up", 0.3)
+    assert set(PREDICTIONS) == {"cfg_diversity_trend", "cfgpp_scale_at_40_steps"}
