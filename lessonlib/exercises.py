@@ -15,8 +15,12 @@ Neither ever raises an AssertionError at the student: both return a :class:`Chec
 """
 from __future__ import annotations
 
+import argparse
+import copy
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -27,7 +31,7 @@ from .guidance import combine
 from .variants import parallel_part
 
 __all__ = ["Exercise", "CheckResult", "EXERCISES", "check", "stub", "Prediction", "PREDICTIONS",
-           "check_prediction"]
+           "check_prediction", "student_version", "main"]
 
 
 @dataclass(frozen=True)
@@ -266,3 +270,57 @@ def check_prediction(name: str, answer: Any, measured: Any) -> CheckResult:
     verdict = "within" if close else "outside"
     return _report(close, f"'{name}': you predicted {answer:g}; the lesson measured {measured:.3g}, {verdict} "
                           f"{p.relative_tolerance:.0%} of it. Why: {p.why}.")
+
+
+# ---- the student version of a notebook -------------------------------------------------------------------------------
+
+SOLUTION_TAG = "solution"
+
+
+def student_version(notebook: dict) -> dict:
+    """A copy of a notebook (nbformat JSON as a dict) with every cell tagged ``solution`` replaced by its stub.
+
+    A solution cell keeps its stub in ``metadata["lessonlib"]["stub"]`` (e.g. the function's signature and
+    ``raise NotImplementedError``); a solution cell without one is refused, so no solution leaks by omission.
+    Outputs of the replaced cells are dropped.
+    """
+    out = copy.deepcopy(notebook)
+    for i, cell in enumerate(out.get("cells", [])):
+        tags = cell.get("metadata", {}).get("tags", [])
+        if SOLUTION_TAG not in tags:
+            continue
+        stub_source = cell.get("metadata", {}).get("lessonlib", {}).get("stub")
+        if stub_source is None:
+            raise ValueError(f"cell {i} is tagged '{SOLUTION_TAG}' but has no metadata.lessonlib.stub: give it the "
+                             "code the student starts from.")
+        cell["source"] = stub_source
+        cell["metadata"]["tags"] = [t for t in tags if t != SOLUTION_TAG] + ["exercise"]
+        del cell["metadata"]["lessonlib"]["stub"]
+        if cell.get("cell_type") == "code":
+            cell["outputs"], cell["execution_count"] = [], None
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lessonlib.exercises --student OUT``: write the student version of every lesson to OUT."""
+    parser = argparse.ArgumentParser(prog="python -m lessonlib.exercises", description=main.__doc__)
+    parser.add_argument("--student", required=True, help="the folder to write the student notebooks to")
+    parser.add_argument("--notebooks", default="notebooks", help="the lessons' folder (default: notebooks)")
+    args = parser.parse_args(argv)
+    source, target = Path(args.notebooks), Path(args.student)
+    lessons = sorted(source.glob("[0-9][0-9]_*.ipynb"))
+    if not lessons:
+        raise SystemExit(f"no lessons (NN_name.ipynb) in {source.resolve()}; give --notebooks.")
+    if target.resolve() == source.resolve():
+        raise SystemExit("--student must be another folder: the student version replaces the solutions.")
+    target.mkdir(parents=True, exist_ok=True)
+    for path in lessons:
+        nb = student_version(json.loads(path.read_text()))
+        (target / path.name).write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+        print(f"{path.name}: {sum('exercise' in c.get('metadata', {}).get('tags', []) for c in nb['cells'])} "
+              f"exercise cell(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -64,3 +64,31 @@ def test_predictions_are_judged_against_the_measurement_and_explained():
     with pytest.raises(ValueError, match="measured answer must be one of"):
         check_prediction("cfg_diversity_trend", "up", 0.3)
     assert set(PREDICTIONS) == {"cfg_diversity_trend", "cfgpp_scale_at_40_steps"}
+
+
+def test_the_student_version_replaces_solutions_by_their_stubs_and_refuses_a_solution_without_one(tmp_path):
+    import json
+
+    from lessonlib.exercises import main, student_version
+
+    solution = {"cell_type": "code", "execution_count": 3, "outputs": [{"output_type": "stream", "text": "ok"}],
+                "source": "def cfg(eps_u, eps_c, scale):\n    return eps_u + scale * (eps_c - eps_u)\n",
+                "metadata": {"tags": ["solution"], "lessonlib": {"stub": "def cfg(eps_u, eps_c, scale):\n"
+                                                                         "    raise NotImplementedError\n"}}}
+    plain = {"cell_type": "markdown", "metadata": {}, "source": "Write CFG."}
+    nb = {"cells": [plain, solution], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    student = student_version(nb)
+    text = json.dumps(student)
+    assert "scale * (eps_c - eps_u)" not in text and "NotImplementedError" in text
+    assert student["cells"][1]["outputs"] == [] and student["cells"][1]["metadata"]["tags"] == ["exercise"]
+    assert student["cells"][0] == plain and "scale * (eps_c" in json.dumps(nb)  # the original is untouched
+    del solution["metadata"]["lessonlib"]
+    with pytest.raises(ValueError, match="no metadata.lessonlib.stub"):
+        student_version(nb)
+    solution["metadata"]["lessonlib"] = {"stub": "def cfg(eps_u, eps_c, scale):\n    raise NotImplementedError\n"}
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "07_cfg.ipynb").write_text(json.dumps(nb))
+    assert main(["--student", str(tmp_path / "out"), "--notebooks", str(tmp_path / "src")]) == 0
+    assert "NotImplementedError" in (tmp_path / "out" / "07_cfg.ipynb").read_text()
+    with pytest.raises(SystemExit, match="another folder"):
+        main(["--student", str(tmp_path / "src"), "--notebooks", str(tmp_path / "src")])
