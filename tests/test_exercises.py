@@ -92,3 +92,27 @@ def test_the_student_version_replaces_solutions_by_their_stubs_and_refuses_a_sol
     assert "NotImplementedError" in (tmp_path / "out" / "07_cfg.ipynb").read_text()
     with pytest.raises(SystemExit, match="another folder"):
         main(["--student", str(tmp_path / "src"), "--notebooks", str(tmp_path / "src")])
+
+
+def test_every_lesson_has_a_student_version_and_checks_only_known_exercises():
+    import json
+    import re
+    from pathlib import Path
+
+    from lessonlib.exercises import student_version
+
+    lessons = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    assert len(lessons) >= 12
+    with_exercises = 0
+    for path in lessons:
+        nb = json.loads(path.read_text())
+        text = json.dumps(nb)
+        names = set(re.findall(r'check\(\\"(\w+)\\"', text)) | set(re.findall(r'check_prediction\(\\"(\w+)\\"', text))
+        assert names <= set(EXERCISES) | set(PREDICTIONS), (path.name, names)
+        solutions = [c for c in nb["cells"] if "solution" in c["metadata"].get("tags", [])]
+        student = student_version(nb)  # refuses a solution cell without a stub
+        for original, cell in zip(nb["cells"], student["cells"]):
+            if original in solutions:
+                assert cell["source"] != original["source"] and "solution" not in cell["metadata"]["tags"]
+        with_exercises += bool(solutions)
+    assert with_exercises >= 5
