@@ -43,7 +43,7 @@ from .guidance import batched_predictions, check_scale, combine, conditional
 from .schedules import NoiseSchedule, signal_noise, timestep_sequence
 from .types import EpsFn
 
-__all__ = ["cfg_variant", "cfg_zero_star", "optimized_scale", "parallel_part", "check_interval", "apg",
+__all__ = ["cfg_variant", "cfg_zero_star", "optimized_scale", "parallel_part", "rescaled", "check_interval", "apg",
            "guided_ddim_sample", "guided_ddim_invert", "cfgpp_scales", "autoguidance", "distilled"]
 
 
@@ -52,6 +52,13 @@ def parallel_part(d: Tensor, c: Tensor) -> Tensor:
     dims = tuple(range(1, d.ndim))
     coef = (d * c).sum(dims, keepdim=True) / (c * c).sum(dims, keepdim=True).clamp_min(1e-12)
     return coef * c
+
+
+def rescaled(guided: Tensor, cond: Tensor, phi: float) -> Tensor:
+    """Lin et al. (2024): phi of ``guided`` rescaled to the std of ``cond`` (per sample), blended with 1 - phi of it."""
+    dims = tuple(range(1, guided.ndim))
+    ratio = cond.std(dims, keepdim=True) / guided.std(dims, keepdim=True).clamp_min(1e-12)
+    return phi * guided * ratio + (1 - phi) * guided
 
 
 def check_interval(interval, T: int) -> tuple[int, int] | None:
@@ -109,10 +116,7 @@ def cfg_variant(model: Callable, cond: Any, null_cond: Any, scale: float, *, sch
         if rescale > 0:
             g0 = guided if space == "x0" else x0_from_eps(schedule, x, t, guided)
             c0 = c if space == "x0" else x0_from_eps(schedule, x, t, eps_c)
-            dims = tuple(range(1, x.ndim))
-            ratio = c0.std(dims, keepdim=True) / g0.std(dims, keepdim=True).clamp_min(1e-12)
-            guided = rescale * g0 * ratio + (1 - rescale) * g0
-            return eps_from_x0(schedule, x, t, guided)
+            return eps_from_x0(schedule, x, t, rescaled(g0, c0, rescale))
         return eps_from_x0(schedule, x, t, guided) if space == "x0" else guided
 
     return eps_fn

@@ -1,6 +1,8 @@
 """The checkers can pass and can fail: for every exercise the reference passes, the stub fails with the stub's
 message, and a plausible wrong answer fails with a message that says what went wrong (issue 20)."""
 import pytest
+import torch
+import torch.nn.functional as F
 
 from lessonlib.exercises import EXERCISES, PREDICTIONS, check, check_prediction, stub
 
@@ -17,7 +19,34 @@ WRONG = {  # a plausible mistake per exercise, and what its message must say
     "cfg": (lambda eps_u, eps_c, scale: (1 + scale) * eps_c - scale * eps_u, "w = s - 1"),  # the other convention
     "parallel_part": (lambda d, c: (d * c).sum() / (c * c).sum() * c, "one coefficient per sample"),  # whole batch
     "eps_from_velocity": (lambda x_t, v, t: x_t - (1 - _b(t, x_t)) * v, "eps_hat = x_t + (1 - t) v_hat"),  # sign
+    # indexed by loop position instead of timestep
+    "q_sample": (lambda x0, t, eps, abar: _b(abar[: len(x0)], x0).sqrt() * x0 + (1 - _b(abar[: len(x0)], x0)).sqrt()
+                 * eps, "not by its position in the batch"),
+    # the clean image given to the classifier
+    "noise_aware_loss": (lambda classifier, x0, y, t, eps, abar: F.cross_entropy(classifier(x0, t), y), "noise first"),
+    "classifier_guided_eps": (lambda eps, grad, abar, scale: eps + scale * (1 - _b(abar, eps)).sqrt() * grad,
+                              "subtracting the gradient"),  # a sign error
+    "contrastive_loss": (lambda image_emb, text_emb, logit_scale: F.cross_entropy(  # one direction only
+        logit_scale * F.normalize(image_emb, dim=-1) @ F.normalize(text_emb, dim=-1).T, torch.arange(len(image_emb))),
+        "over rows and over columns"),
+    "cosine_grad": (lambda encoder, text_emb, x: torch.autograd.grad(F.cosine_similarity(  # a mean, not a sum
+        encoder(xx := x.detach().requires_grad_()), text_emb.expand(len(x), -1), dim=-1).mean(), xx)[0],
+        "a mean would divide"),
+    "compose": (lambda eps_u, eps_list, scales: eps_u + sum(s * (e - eps_u) for e, s in zip(eps_list, scales))
+                / len(eps_list), "not an average"),
+    "rescale": (lambda guided, cond, phi: phi * guided * cond.std() / guided.std() + (1 - phi) * guided,
+                "one ratio std(cond) / std(guided) per image"),  # whole-batch std
+    "film": (lambda h, scale, shift: h * scale[:, :, None, None] + shift[:, :, None, None],
+             "zero scale and shift leave h as it is"),  # h * scale, not h * (1 + scale)
+    "zero_conv": (lambda channels: _weight_only_zero(channels), "its bias set to zero"),
+    "euler_step": (lambda x_t, v, t, t_next: x_t + _b(t - t_next, x_t) * v, "t_next - t is negative"),  # backwards
 }
+
+
+def _weight_only_zero(channels):
+    conv = torch.nn.Conv2d(channels, channels, 1)
+    torch.nn.init.zeros_(conv.weight)  # the bias forgotten
+    return conv
 
 
 def test_every_exercise_has_a_tested_wrong_answer():
@@ -63,7 +92,9 @@ def test_predictions_are_judged_against_the_measurement_and_explained():
     assert not result.passed and "outside" in result.message
     with pytest.raises(ValueError, match="measured answer must be one of"):
         check_prediction("cfg_diversity_trend", "up", 0.3)
-    assert set(PREDICTIONS) == {"cfg_diversity_trend", "cfgpp_scale_at_40_steps"}
+    assert check_prediction("adherence_at_scale_1", 0.6, 0.565).passed  # an accuracy: judged within 0.15
+    result = check_prediction("adherence_at_scale_1", 1.0, 0.565)
+    assert not result.passed and "outside 0.15 of it" in result.message
 
 
 def test_the_student_version_replaces_solutions_by_their_stubs_and_refuses_a_solution_without_one(tmp_path):
@@ -94,7 +125,7 @@ def test_the_student_version_replaces_solutions_by_their_stubs_and_refuses_a_sol
         main(["--student", str(tmp_path / "src"), "--notebooks", str(tmp_path / "src")])
 
 
-def test_every_lesson_has_a_student_version_and_checks_only_known_exercises():
+def test_every_lesson_has_two_or_more_checked_exercises_and_a_student_version():
     import json
     import re
     from pathlib import Path
@@ -103,16 +134,39 @@ def test_every_lesson_has_a_student_version_and_checks_only_known_exercises():
 
     lessons = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     assert len(lessons) >= 12
-    with_exercises = 0
+    used = {}
     for path in lessons:
         nb = json.loads(path.read_text())
-        text = json.dumps(nb)
-        names = set(re.findall(r'check\(\\"(\w+)\\"', text)) | set(re.findall(r'check_prediction\(\\"(\w+)\\"', text))
-        assert names <= set(EXERCISES) | set(PREDICTIONS), (path.name, names)
+        code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+        names = re.findall(r'check(?:_prediction)?\(\s*"(\w+)"', code)
+        assert len(set(names)) >= 2, (path.name, names)  # two to four exercises per lesson (issue 20)
+        for name in names:
+            exercise = EXERCISES.get(name) or PREDICTIONS.get(name)
+            assert exercise is not None, (path.name, name)
+            assert path.name.startswith(exercise.lesson), (path.name, name, exercise.lesson)
+            used[name] = path.name
         solutions = [c for c in nb["cells"] if "solution" in c["metadata"].get("tags", [])]
         student = student_version(nb)  # refuses a solution cell without a stub
         for original, cell in zip(nb["cells"], student["cells"]):
             if original in solutions:
                 assert cell["source"] != original["source"] and "solution" not in cell["metadata"]["tags"]
-        with_exercises += bool(solutions)
-    assert with_exercises >= 5
+        assert "NotImplementedError" in json.dumps(student) or not any(n in EXERCISES for n in names), path.name
+    assert set(used) == set(EXERCISES) | set(PREDICTIONS)  # every exercise is asked somewhere
+
+
+def test_a_builder_exercise_says_when_no_module_comes_back():
+    result = check("zero_conv", lambda channels: torch.zeros(channels))
+    assert not result.passed and "must return a torch.nn.Module" in result.message
+
+
+def test_the_instructors_guide_covers_every_lesson_and_exercise_and_the_readme_links_it():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    guide = (root / "docs" / "instructors.md").read_text()
+    assert "docs/instructors.md" in (root / "README.md").read_text()
+    for path in sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        assert f"### {path.name[:2]} · " in guide, path.name  # a section per lesson
+    for name in list(EXERCISES) + list(PREDICTIONS):
+        assert f"`{name}`" in guide, name  # every exercise is described
+    assert "RUNTIME_" not in guide  # every runtime was filled in from a measurement

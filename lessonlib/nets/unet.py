@@ -29,7 +29,7 @@ from .config import resolve_config
 from .embedding import TimeMLP
 
 __all__ = ["UNetConfig", "UNet", "ResBlock", "SelfAttention", "CrossAttention", "INJECTIONS", "PREDICTIONS", "zero_init",
-           "describe_unet"]
+           "modulate", "describe_unet"]
 
 INJECTIONS = ("film", "concat", "adaln_zero")
 PREDICTIONS = ("eps", "velocity")  # what the network outputs; velocity models read float t in [0, 1]
@@ -88,6 +88,11 @@ class UNetConfig:
         return asdict(self)
 
 
+def modulate(h: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """FiLM: h * (1 + scale) + shift, with one (scale, shift) per sample and channel, (B, C), over (B, C, H, W)."""
+    return h * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+
+
 class ResBlock(nn.Module):
     """GN-SiLU-conv, FiLM from the embedding, GN-SiLU-dropout-conv (zero-initialised), plus a skip.
 
@@ -108,9 +113,9 @@ class ResBlock(nn.Module):
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift, *gate = self.film(F.silu(emb))[:, :, None, None].chunk(3 if self.gated else 2, dim=1)
-        h = self.conv2(self.drop(F.silu(self.norm2(h) * (1 + scale) + shift)))
-        return self.skip(x) + (gate[0] * h if self.gated else h)
+        scale, shift, *gate = self.film(F.silu(emb)).chunk(3 if self.gated else 2, dim=1)
+        h = self.conv2(self.drop(F.silu(modulate(self.norm2(h), scale, shift))))
+        return self.skip(x) + (gate[0][:, :, None, None] * h if self.gated else h)
 
 
 class SelfAttention(nn.Module):
