@@ -16,7 +16,9 @@ Neither ever raises an AssertionError at the student: both return a :class:`Chec
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import inspect
 import json
 import math
 from dataclasses import dataclass, field
@@ -63,9 +65,12 @@ class Exercise:
     # how a function is called on one case's keyword arguments; None: answer(**kwargs). An exercise whose answer
     # is not a tensor function (e.g. one that builds a module) turns it into a tensor here.
     run: Callable[[Callable[..., Any], dict], Any] | None = None
+    # call the function inside torch.no_grad(), where the lesson calls it (a sampler's loop)
+    in_no_grad: bool = False
 
     def call(self, fn: Callable[..., Any], kwargs: dict) -> Any:
-        return fn(**kwargs) if self.run is None else self.run(fn, kwargs)
+        with torch.no_grad() if self.in_no_grad else contextlib.nullcontext():
+            return fn(**kwargs) if self.run is None else self.run(fn, kwargs)
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -133,10 +138,14 @@ def _run_zero_conv(make: Callable[..., Any], kwargs: dict) -> Any:
                         f"{type(layer).__name__}")
     h, target = kwargs["h"], kwargs["target"]
     if kwargs["sgd_steps"]:
-        loss = (layer(h) * target).sum()
-        grads = torch.autograd.grad(loss, [p for p in layer.parameters() if p.requires_grad], allow_unused=True)
+        params = [p for p in layer.parameters() if p.requires_grad]
+        if not params:
+            raise TypeError("your layer has no trainable parameters, so it can never learn: keep the weight and the "
+                            "bias as parameters (zero them, do not freeze or delete them)")
+        with torch.enable_grad():
+            grads = torch.autograd.grad((layer(h) * target).sum(), params, allow_unused=True)
         with torch.no_grad():
-            for p, g in zip([p for p in layer.parameters() if p.requires_grad], grads):
+            for p, g in zip(params, grads):
                 if g is not None:
                     p -= 1e-3 * g
     with torch.no_grad():
@@ -278,7 +287,7 @@ def _film_cases():
     h = torch.randn(2, 8, 5, 5, generator=g)
     return [("h (2, 8, 5, 5) with one scale and shift per sample and channel (2, 8)",
              {"h": h, "scale": torch.randn(2, 8, generator=g), "shift": torch.randn(2, 8, generator=g)}),
-            ("scale and shift zero (the block starts as plain group norm)",
+            ("scale and shift zero (FiLM is then the identity; AdaLN-zero starts its blocks here)",
              {"h": h, "scale": torch.zeros(2, 8), "shift": torch.zeros(2, 8)}),
             ("a square map whose channels equal its side, h (2, 5, 5, 5)",
              {"h": h[:, :5], "scale": torch.randn(2, 5, generator=g), "shift": torch.randn(2, 5, generator=g)})]
@@ -314,10 +323,12 @@ EXERCISES: dict[str, Exercise] = {e.name: e for e in [
              "prediction; abar has one value per sample, shape (B,)", _score_from_eps, _score_cases,
              "lesson 01, the score-noise identity: score = -eps / sqrt(1 - abar_t); abar is (B,), so reshape it to "
              "broadcast over the other dimensions"),
-    Exercise("ddim_step", "02", "ddim_step(x_t, eps, abar_t, abar_prev): one deterministic DDIM step (eta = 0)",
+    Exercise("ddim_step", "02", "ddim_step(x_t, eps, abar_t, abar_prev): one deterministic DDIM step (eta = 0), "
+             "without clipping x0_hat",
              _ddim_step, _ddim_cases,
              "lesson 02: x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), then "
-             "x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev) eps; the new noise level is abar_prev's"),
+             "x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev) eps; the new noise level is abar_prev's (no clipping "
+             "of x0_hat here, as clip_x0=False)"),
     Exercise("cfg", "07", "cfg(eps_u, eps_c, scale): classifier-free guidance's combination", _cfg, _cfg_cases,
              "lesson 07: eps_u + s (eps_c - eps_u), so that s = 1 is the conditional model and s = 0 the "
              "unconditional one (the (1 + w) eps_c - w eps_u convention uses w = s - 1)"),
@@ -351,7 +362,8 @@ EXERCISES: dict[str, Exercise] = {e.name: e for e in [
              "cos(encoder(x), text_emb), shape of x", _cosine_grad, _cosine_grad_cases,
              "lesson 06: one cosine per image (torch.nn.functional.cosine_similarity, dim=-1); call autograd on "
              "their sum, which gives each image its own gradient (a mean would divide every gradient by B); "
-             "work on x.detach().requires_grad_()"),
+             "work on x.detach().requires_grad_() inside torch.enable_grad() (the sampler calls it under no_grad)",
+             in_no_grad=True),
     Exercise("compose", "08", "compose(eps_u, eps_list, scales): the composed prediction for several prompts, "
              "one scale each", _compose, _compose_cases,
              "lesson 08, section 4: eps_u + sum_i w_i (eps_i - eps_u), one full term per prompt (not an average); "
@@ -406,6 +418,20 @@ def _report(passed: bool, message: str) -> CheckResult:
     return CheckResult(passed, message)
 
 
+def _type_error_message(name: str, exercise: Exercise, answer: Callable[..., Any], exc: TypeError,
+                        description: str) -> str:
+    """A TypeError from calling the function with the stub's argument names says so; any other, like an exception."""
+    expected = list(exercise.cases()[0][1]) if exercise.run is None else None
+    try:
+        theirs = list(inspect.signature(answer).parameters)
+    except (TypeError, ValueError):
+        theirs = None
+    if expected is not None and theirs is not None and theirs != expected:
+        return (f"'{name}' takes the arguments ({', '.join(theirs)}), but the checker calls it with the stub's names "
+                f"as keywords: ({', '.join(expected)}). Keep the stub's first line as it is.")
+    return f"'{name}' raised TypeError: {exc}\n  on the input: {description}\n  hint: {exercise.hint}"
+
+
 def check(name: str, answer: Callable[..., Any]) -> CheckResult:
     """Run the student's function on the exercise's inputs against the reference; print and return the verdict."""
     exercise = _exercise(name)
@@ -421,9 +447,15 @@ def check(name: str, answer: Callable[..., Any]) -> CheckResult:
         except NotImplementedError:
             return _report(False, f"'{name}' is not written yet: replace the `raise NotImplementedError` in its cell "
                                   f"with your code ({exercise.task}).")
+        except TypeError as exc:
+            return _report(False, _type_error_message(name, exercise, answer, exc, description))
         except Exception as exc:  # the student's code failed: say on what, and how
             return _report(False, f"'{name}' raised {type(exc).__name__}: {exc}\n  on the input: {description}\n"
                                   f"  hint: {exercise.hint}")
+        if any(torch.is_tensor(v) and (v.requires_grad or v.grad is not None) for v in inputs.values()):
+            return _report(False, f"'{name}' turned on requires_grad (or left a .grad) on the caller's tensor on: "
+                                  f"{description}; take the gradient with respect to x.detach().requires_grad_(), a "
+                                  "new tensor, so that the sampler's own tensors stay untouched.")
         if any(torch.is_tensor(v) and not torch.equal(v, kwargs[k]) for k, v in inputs.items()):
             return _report(False, f"'{name}' changed one of its inputs in place on: {description}; compute a new "
                                   "tensor instead (no +=, no .mul_() on the arguments).")
@@ -462,9 +494,11 @@ class Prediction:
 
 PREDICTIONS: dict[str, Prediction] = {p.name: p for p in [
     Prediction("cfg_diversity_trend", "07", "As the CFG scale goes from 1 to 5, does within-class diversity go "
-               "'up', 'down' or stay 'flat'?", "guidance tilts p(x | c) by p(c | x)^(s - 1), concentrating each "
-               "class on the samples the classifier is surest about, so the samples of a class resemble each other "
-               "more", choices=("up", "down", "flat")),
+               "'up', 'down' or stay 'flat' (within 5% of its value at s = 1)?", "guidance pushes along the implicit "
+               "classifier's gradient (s - 1) times harder than the conditional model does; it aims at "
+               "p(x | c) p(c | x)^(s - 1) (lesson 01: without sampling it exactly) and sharpens each class towards "
+               "the samples the classifier is surest about, so the samples of a class resemble each other more",
+               choices=("up", "down", "flat")),
     Prediction("cfgpp_scale_at_40_steps", "11", "CFG++ with lambda = 0.6 and 40 DDIM steps equals CFG with a "
                "per-step scale; what is its largest value?", "w = lambda sbar_hi / (sbar_hi - sbar_lo) grows as the "
                "steps get shorter, so the same lambda guides harder with more steps"),
@@ -490,19 +524,20 @@ PREDICTIONS: dict[str, Prediction] = {p.name: p for p in [
                "training prepared for; the digit shapes still carry over, so it keeps much of its MNIST accuracy "
                "but not all", absolute_tolerance=0.1),
     Prediction("clip_adherence_past_best", "06", "With the noise-aware tower, as the CLIP-guidance scale goes from "
-               "100 to 1,000, does digit adherence go 'up', 'down' or stay 'flat'?", "past a point the gradient "
-               "of CLIP's cosine dominates the model's eps and pushes the samples towards whatever CLIP scores "
-               "highly, not towards digits: they leave the data and the judge stops recognising them",
+               "100 to 1,000, does digit adherence go 'up', 'down' or stay 'flat' (within 0.05)?", "past a point the "
+               "gradient of the noise-aware tower's cosine dominates the model's eps and pushes the samples towards "
+               "whatever that tower scores highly, not towards digits: they leave the data and the judge stops "
+               "recognising them",
                choices=("up", "down", "flat")),
     Prediction("attention_memory_ratio", "08", "At 64x64 positions, how many times more bytes does "
                "self-attention's probability matrix take than cross-attention's to this model's L text tokens?",
                "self-attention's matrix is N x N with N = H W = 4,096 positions, cross-attention's N x L, so the "
-               "ratio is N / L: it grows linearly with the number of positions, the reason big models attend "
-               "only at low resolutions"),
+               "ratio is N / L; self-attention's memory grows with N squared, which is why big models self-attend "
+               "only at low resolutions (Stable Diffusion: a 64x64 latent, not 512x512 pixels)"),
     Prediction("perpendicular_helps_at_8", "09", "Does dropping the part of d parallel to c (the perpendicular "
                "variant, on eps) lower FID_judge at s = 8 beyond the 95% intervals: 'yes' or 'no'?",
                "the variant changes the guided prediction by (s - 1) times d's parallel part only, and on eps that "
-               "part is a small share of d along the trajectory (the ratio printed under the table); at N = 100 "
+               "part is a small share of d along the trajectory (section 3 prints the ratio); at N = 100 "
                "a change that small cannot separate intervals several units wide", choices=("yes", "no")),
 ]}
 
@@ -533,7 +568,7 @@ def check_prediction(name: str, answer: Any, measured: Any) -> CheckResult:
         close = abs(answer - measured) <= p.relative_tolerance * abs(measured)
         margin = f"{p.relative_tolerance:.0%} of it"
     verdict = "within" if close else "outside"
-    return _report(close, f"'{name}': you predicted {answer:g}; the lesson measured {measured:.3g}, {verdict} "
+    return _report(close, f"'{name}': you predicted {answer:g}; the notebook's value is {measured:.3g}, {verdict} "
                           f"{margin}. Why: {p.why}.")
 
 
@@ -547,10 +582,14 @@ def student_version(notebook: dict) -> dict:
 
     A solution cell keeps its stub in ``metadata["lessonlib"]["stub"]`` (e.g. the function's signature and
     ``raise NotImplementedError``); a solution cell without one is refused, so no solution leaks by omission.
-    Outputs of the replaced cells are dropped.
+    Every code cell's outputs are dropped too: the executed lesson shows each prediction's reference answer, the
+    measurements it asks about and the checkers' verdicts. Replaced cells are tagged ``exercise``, except those
+    whose stub is only a comment (the closing check, left for the instructor to uncomment).
     """
     out = copy.deepcopy(notebook)
     for i, cell in enumerate(out.get("cells", [])):
+        if cell.get("cell_type") == "code":
+            cell["outputs"], cell["execution_count"] = [], None
         tags = cell.get("metadata", {}).get("tags", [])
         if SOLUTION_TAG not in tags:
             continue
@@ -559,10 +598,9 @@ def student_version(notebook: dict) -> dict:
             raise ValueError(f"cell {i} is tagged '{SOLUTION_TAG}' but has no metadata.lessonlib.stub: give it the "
                              "code the student starts from.")
         cell["source"] = stub_source
-        cell["metadata"]["tags"] = [t for t in tags if t != SOLUTION_TAG] + ["exercise"]
+        is_exercise = any(line.strip() and not line.lstrip().startswith("#") for line in stub_source.splitlines())
+        cell["metadata"]["tags"] = [t for t in tags if t != SOLUTION_TAG] + (["exercise"] if is_exercise else [])
         del cell["metadata"]["lessonlib"]["stub"]
-        if cell.get("cell_type") == "code":
-            cell["outputs"], cell["execution_count"] = [], None
     return out
 
 

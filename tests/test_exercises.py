@@ -107,8 +107,14 @@ def test_the_student_version_replaces_solutions_by_their_stubs_and_refuses_a_sol
                 "metadata": {"tags": ["solution"], "lessonlib": {"stub": "def cfg(eps_u, eps_c, scale):\n"
                                                                          "    raise NotImplementedError\n"}}}
     plain = {"cell_type": "markdown", "metadata": {}, "source": "Write CFG."}
-    nb = {"cells": [plain, solution], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    verdict = {"cell_type": "code", "execution_count": 4, "metadata": {}, "source": "check('cfg', cfg)",
+               "outputs": [{"output_type": "stream", "name": "stdout", "text": "you predicted 'down': right"}]}
+    closing = {"cell_type": "code", "execution_count": 5, "outputs": [], "source": "assert all(exercise_results)",
+               "metadata": {"tags": ["solution"], "lessonlib": {"stub": "# assert all(exercise_results)\n"}}}
+    nb = {"cells": [plain, solution, verdict, closing], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
     student = student_version(nb)
+    assert student["cells"][2]["outputs"] == [] and student["cells"][2]["execution_count"] is None  # no answers shown
+    assert student["cells"][3]["source"].startswith("#") and student["cells"][3]["metadata"]["tags"] == []
     text = json.dumps(student)
     assert "scale * (eps_c - eps_u)" not in text and "NotImplementedError" in text
     assert student["cells"][1]["outputs"] == [] and student["cells"][1]["metadata"]["tags"] == ["exercise"]
@@ -170,3 +176,34 @@ def test_the_instructors_guide_covers_every_lesson_and_exercise_and_the_readme_l
     for name in list(EXERCISES) + list(PREDICTIONS):
         assert f"`{name}`" in guide, name  # every exercise is described
     assert "RUNTIME_" not in guide  # every runtime was filled in from a measurement
+
+
+def test_checks_run_where_the_lesson_calls_them_and_name_the_stubs_arguments():
+    def no_enable_grad(encoder, text_emb, x):  # fine at the top level, breaks inside the sampler's no_grad loop
+        x = x.detach().requires_grad_(True)
+        cos = F.cosine_similarity(encoder(x), text_emb.expand(len(x), -1), dim=-1)
+        return torch.autograd.grad(cos.sum(), x)[0]
+
+    assert not check("cosine_grad", no_enable_grad).passed
+
+    def on_the_callers_tensor(encoder, text_emb, x):
+        with torch.enable_grad():
+            x.requires_grad_(True)
+            F.cosine_similarity(encoder(x), text_emb.expand(len(x), -1), dim=-1).sum().backward()
+            return x.grad.clone()
+
+    result = check("cosine_grad", on_the_callers_tensor)
+    assert not result.passed and "caller's tensor" in result.message
+    result = check("cfg", lambda eps_c, eps_u, s: eps_u + s * (eps_c - eps_u))  # the lesson's own argument names
+    assert not result.passed and "(eps_u, eps_c, scale)" in result.message and "stub's first line" in result.message
+
+    def frozen(channels):
+        conv = torch.nn.Conv2d(channels, channels, 1).requires_grad_(False)
+        torch.nn.init.zeros_(conv.weight)
+        torch.nn.init.zeros_(conv.bias)
+        return conv
+
+    result = check("zero_conv", frozen)
+    assert not result.passed and "no trainable parameters" in result.message
+    assert not check("zero_conv", lambda channels: torch.nn.Conv2d(channels, channels, 3, padding=1).apply(
+        lambda m: [torch.nn.init.zeros_(p) for p in m.parameters()])).passed  # a 3x3 kernel moves differently
