@@ -104,7 +104,8 @@ def build_model(ctx: Context) -> nn.Module:
 def _classifier_loss(kind: str):
     def loss(ctx: Context, model: nn.Module, train: ImageSet, gen: torch.Generator) -> LossFn:
         return classifier_loss_fn(train.images, train.labels, batch_size=ctx.recipe.batch_size, generator=gen,
-                                  schedule=None if kind == "judge" else ctx.schedule, noised=kind == "noisy")
+                                  schedule=None if kind == "judge" else ctx.schedule, noised=kind == "noisy",
+                                  hflip=ctx.recipe.hflip)
     return loss
 
 
@@ -157,7 +158,8 @@ def _text_diffusion_loss(ctx: Context, model: nn.Module, train: ImageSet, gen: t
     r = ctx.recipe
     return text_diffusion_loss_fn(train.images, train.labels, ctx.schedule, clip=ctx.load(r.clip),
                                   batch_size=r.batch_size, p_uncond=r.p_uncond, generator=gen,
-                                  p_attribute=r.p_attribute, p_digit=r.p_digit, tokens=_reads_tokens(model))
+                                  p_attribute=r.p_attribute, p_digit=r.p_digit, tokens=_reads_tokens(model),
+                                  min_snr_gamma=r.min_snr_gamma)
 
 
 def _reads_tokens(model: nn.Module) -> bool:

@@ -32,7 +32,7 @@ from .flow import TIME_SAMPLINGS, flow_matching_loss
 from .guidance import batched_predictions
 from .nets.conditions import text_condition
 from .progress import progress_bar
-from .transforms import random_shift
+from .transforms import random_hflip, random_shift
 from .types import NULL_CLASS, LossFn
 
 __all__ = ["TrainResult", "EMA", "fit", "drop_mask", "drop_conditions", "diffusion_loss_fn", "classifier_loss_fn",
@@ -176,8 +176,8 @@ def distill_loss_fn(teacher: nn.Module, images: Tensor, labels: Tensor, schedule
 
 
 def classifier_loss_fn(images: Tensor, labels: Tensor, *, batch_size: int, generator: torch.Generator,
-                       max_shift: int = 2, schedule=None, noised: bool = True) -> LossFn:
-    """Cross-entropy on randomly shifted images (lessons 02-03).
+                       max_shift: int = 2, schedule=None, noised: bool = True, hflip: bool = False) -> LossFn:
+    """Cross-entropy on randomly shifted (and with ``hflip`` randomly mirrored) images (lessons 02-03).
 
     Without a schedule the model sees clean images only (the judge). With one, it is called as
     ``model(x, t)``: on q_sample(x0, t) with t uniform in 0..T-1 (noise-aware), or with ``noised=False``
@@ -186,6 +186,8 @@ def classifier_loss_fn(images: Tensor, labels: Tensor, *, batch_size: int, gener
     def loss(model: nn.Module, step: int) -> Tensor:
         x, y = _batch(images, labels, batch_size, generator)
         x = random_shift(x, max_shift, generator)
+        if hflip:
+            x = random_hflip(x, generator)
         if schedule is None:
             return F.cross_entropy(model(x), y)
         if noised:
@@ -230,9 +232,10 @@ def clip_loss_fn(images: Tensor, *, batch_size: int, generator: torch.Generator,
 
 def text_diffusion_loss_fn(images: Tensor, labels: Tensor, schedule, *, clip, batch_size: int, p_uncond: float,
                            generator: torch.Generator, p_attribute: float = 0.5,
-                           p_digit: float = 1.0, tokens: bool = True) -> LossFn:
+                           p_digit: float = 1.0, tokens: bool = True, min_snr_gamma: float | None = None) -> LossFn:
     """Denoising loss conditioned on frozen-CLIP features of random captions, dropped to null w.p. p_uncond (lesson 08);
-    ``tokens=False``: the pooled text embedding alone (a U-Net without cross-attention)."""
+    ``tokens=False``: the pooled text embedding alone (a U-Net without cross-attention); ``min_snr_gamma`` weights
+    it as :func:`diffusion_loss_fn` does."""
     _check_p_uncond(p_uncond)
     captions = digit_caption_fn(images, labels, clip.bins, generator=generator, p_attribute=p_attribute, p_digit=p_digit)
 
@@ -240,5 +243,5 @@ def text_diffusion_loss_fn(images: Tensor, labels: Tensor, schedule, *, clip, ba
         idx = torch.randint(0, len(images), (batch_size,), generator=generator)
         cond = text_condition(clip, captions(idx), tokens=tokens)
         cond["null"] = drop_mask(batch_size, p_uncond, generator)
-        return denoising_loss(model, images[idx], schedule, generator=generator, cond=cond)
+        return denoising_loss(model, images[idx], schedule, generator=generator, cond=cond, min_snr_gamma=min_snr_gamma)
     return loss

@@ -23,6 +23,7 @@ import platform
 import tempfile
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -229,7 +230,27 @@ def save(name: str, model: nn.Module, *, info: dict, directory: Path | None = No
     record = {"file": path.name, "sha256": sha256_of(path), "bytes": path.stat().st_size, "arch": arch,
              "config": model.config.to_dict(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
              "machine": machine_summary(), **info}
-    entries = manifest(directory) if directory is not None else json.loads(SHIPPED_MANIFEST.read_text())
-    entries[name] = record
-    _manifest_path(directory).write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
+    target = _manifest_path(directory)
+    with _locked(target):  # trainings side by side (one GPU, several recipes) each add their entry
+        entries = manifest(directory) if directory is not None else json.loads(SHIPPED_MANIFEST.read_text())
+        entries[name] = record
+        partial = target.with_name(f".{target.name}.{os.getpid()}")
+        partial.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
+        os.replace(partial, target)  # readers see the old manifest or the new one, never half of one
     return record
+
+
+@contextmanager
+def _locked(path: Path):
+    """Hold an exclusive lock on ``path``'s lock file (POSIX; elsewhere no lock: one training at a time)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    with open(path.with_name(f".{path.name}.lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

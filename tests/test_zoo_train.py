@@ -1,5 +1,6 @@
 import json
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from lessonlib.samplers import sample_images
 from lessonlib.schedules import linear_schedule
 from lessonlib.train import run_recipe
 from lessonlib.training import EMA, diffusion_loss_fn, drop_conditions, fit
-from lessonlib.transforms import random_shift
+from lessonlib.transforms import random_hflip, random_shift
 from lessonlib.types import NULL_CLASS
 
 
@@ -132,6 +133,40 @@ def test_random_shift_keeps_ink_and_moves_it():
     assert torch.equal((y == 1).sum((1, 2, 3)), (x == 1).sum((1, 2, 3))) and not torch.equal(x, y)
 
 
+def test_random_hflip_mirrors_about_half_the_images():
+    x = torch.arange(4.0).view(1, 1, 1, 4).repeat(400, 1, 1, 1)
+    y = random_hflip(x, torch.Generator().manual_seed(0))
+    mirrored = (y[:, 0, 0, 0] == 3).float()
+    assert torch.equal(y[mirrored.bool()], x[mirrored.bool()].flip(-1)) and torch.equal(y[~mirrored.bool()], x[~mirrored.bool()])
+    assert 0.4 < mirrored.mean().item() < 0.6
+
+
+def test_each_diffusion_recipe_has_a_quick_budget_with_the_same_model_and_loss():
+    for name in ("mnist-uncond", "mnist-cfg", "mnist-flow-cfg", "mnist-text-cfg", "cifar10-cfg"):
+        full, quick = RECIPES[name], RECIPES[f"{name}-quick"]
+        assert quick.config == full.config and quick.task == full.task and quick.min_snr_gamma == full.min_snr_gamma
+        assert quick.steps * quick.batch_size < full.steps * full.batch_size, name
+
+
+def test_manifest_entries_written_side_by_side_are_all_kept(tmp_path):
+    """Trainings on one GPU save into one zoo at once: every entry survives (lessonlib.zoo.save locks the manifest)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_save_tiny_judge, args=(f"judge-{i}", str(tmp_path))) for i in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0] * 4
+    assert sorted(zoo.manifest(tmp_path)) == [f"judge-{i}" for i in range(4)]
+
+
+def _save_tiny_judge(name: str, directory: str) -> None:
+    for _ in range(5):
+        zoo.save(name, JudgeNet(width=4, feature_dim=8), info={"note": "concurrency test"}, directory=Path(directory))
+
+
 def test_run_recipe_writes_a_documented_entry(tmp_path):
     _, entry = run_recipe("mnist-judge", steps=3, directory=tmp_path, measure=False, progress=False)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
@@ -175,20 +210,22 @@ def test_withholding_is_for_mnist_clip_recipes_and_reads_back_from_json():
 def test_a_recipe_variant_is_validated_recorded_and_kept_out_of_the_shipped_zoo(tmp_path):
     from lessonlib.train import parse_overrides, with_overrides
 
-    overrides = parse_overrides(["min_snr_gamma=5", "config.base_channels=8", "description=ablation arm"])
-    assert overrides == {"min_snr_gamma": 5, "config.base_channels": 8, "description": "ablation arm"}
+    overrides = parse_overrides(["min_snr_gamma=2", "config.base_channels=8", "description=ablation arm"])
+    assert overrides == {"min_snr_gamma": 2, "config.base_channels": 8, "description": "ablation arm"}
     _, entry = run_recipe("mnist-cfg", steps=2, directory=tmp_path, measure=False, progress=False,
                           overrides=overrides)
-    assert entry["recipe"]["min_snr_gamma"] == 5 and entry["recipe"]["config"]["base_channels"] == 8
+    assert entry["recipe"]["min_snr_gamma"] == 2 and entry["recipe"]["config"]["base_channels"] == 8
     assert entry["recipe"]["config"]["patch_size"] == RECIPES["mnist-cfg"].config["patch_size"]  # the rest kept
-    assert RECIPES["mnist-cfg"].config["base_channels"] == 32 and RECIPES["mnist-cfg"].min_snr_gamma is None
+    assert RECIPES["mnist-cfg"].config["base_channels"] == 32 and RECIPES["mnist-cfg"].min_snr_gamma == 5
     with pytest.raises(ValueError, match="folder of your own"):
-        run_recipe("mnist-cfg", steps=2, overrides={"min_snr_gamma": 5})
+        run_recipe("mnist-cfg", steps=2, overrides={"min_snr_gamma": 2})
     with pytest.raises(ValueError, match="no key 'widht'"):
         with_overrides(RECIPES["mnist-cfg"], {"config.widht": 3})
     with pytest.raises(ValueError, match="no field"):
         with_overrides(RECIPES["mnist-cfg"], {"min_snr": 5})
     with pytest.raises(ValueError, match="not a clip recipe"):
         with_overrides(RECIPES["mnist-clip"], {"min_snr_gamma": 5})
+    with pytest.raises(ValueError, match="hflip augments classifier recipes"):
+        with_overrides(RECIPES["mnist-cfg"], {"hflip": True})
     with pytest.raises(ValueError, match="FIELD=VALUE"):
         parse_overrides(["min_snr_gamma"])
