@@ -24,7 +24,7 @@ from .recipes import RECIPES, Recipe
 from .tasks import TASKS, Context, build_model, evaluate
 from .training import fit
 
-__all__ = ["run_recipe", "main"]
+__all__ = ["run_recipe", "budget_for", "main"]
 
 
 def with_overrides(recipe: Recipe, overrides: dict) -> Recipe:
@@ -100,6 +100,16 @@ def run_recipe(name: str, *, steps: int | None = None, time_limit_min: float | N
             "parameters": sum(p.numel() for p in result.model.parameters()), "metrics": metrics}
     entry = zoo.save(name, result.model, info=info, directory=directory)
     return result.model, entry
+
+
+def budget_for(name: str, dev: torch.device | None = None) -> str:
+    """The recipe a lesson's "train it yourself" switch runs: ``name`` itself on a GPU, its quick budget
+    ``name-quick`` (15 minutes or less on 2 CPU cores) elsewhere, when the recipe has one (issue 17)."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; available: {', '.join(sorted(RECIPES))}.")
+    quick = f"{name}-quick"
+    on_gpu = (dev or device()).type == "cuda"
+    return name if on_gpu or quick not in RECIPES else quick
 
 
 def _loss_curve(losses: list[float], every: int = 50) -> list[float]:
