@@ -25,6 +25,7 @@ from .metrics import fid_floor, fid_judge, fid_judge_interval, judge_accuracy, j
 from .samplers import sample_images
 from .timing import per_call_ms
 from .types import NULL_CLASS
+from .widgets import SliderPanel, scale_slider
 
 __all__ = ["bench_sampling", "bench_quality", "bench_cfg", "bench_widgets", "main"]
 
@@ -145,8 +146,6 @@ def bench_widgets(*, n_images: int = 16, steps: int = 25, settings: int = 4) -> 
 
     def render(scale: float) -> torch.Tensor:
         return sample_images(batched_cfg(net, 3, NULL_CLASS, scale), x_T, schedule, steps=steps)
-
-    from .widgets import SliderPanel, scale_slider  # ipywidgets: only this benchmark needs it
 
     panel = SliderPanel(render, {"scale": scale_slider(0.0, min=0, max=10, step=0.5)}, title="bench")
     print(f"benchmark: widgets | CFG panel, {n_images} images, DDIM-{steps} | machine: {zoo.machine_summary()}")

@@ -27,6 +27,11 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+try:
+    import fcntl  # POSIX: the manifest lock of zoo.save
+except ImportError:  # Windows: no lock, one training at a time
+    fcntl = None
+
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -243,9 +248,7 @@ def save(name: str, model: nn.Module, *, info: dict, directory: Path | None = No
 @contextmanager
 def _locked(path: Path):
     """Hold an exclusive lock on ``path``'s lock file (POSIX; elsewhere no lock: one training at a time)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
+    if fcntl is None:  # Windows
         yield
         return
     with open(path.with_name(f".{path.name}.lock"), "w") as handle:
