@@ -58,8 +58,8 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         decay = min(self.decay, (1 + step) / (10 + step))  # short warm-up so early steps are not frozen in
-        for ema_p, p in zip(self.model.parameters(), model.parameters()):
-            ema_p.lerp_(p.detach(), 1 - decay)
+        # one fused update over all parameters: a loop of per-tensor lerps costs a kernel launch each on a GPU
+        torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in model.parameters()], 1 - decay)
         for ema_b, b in zip(self.model.buffers(), model.buffers()):
             ema_b.copy_(b)
 
@@ -78,7 +78,7 @@ def fit(model: nn.Module, loss_fn: LossFn, *, steps: int, lr: float,
     schedule = lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * s / steps))  # noqa: E731
     lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     ema = EMA(model, ema_decay) if ema_decay else None
-    losses, start = [], time.perf_counter()
+    losses, pending, start = [], [], time.perf_counter()
     model.train()
     bar = progress_bar(range(steps), desc=desc, enabled=progress)
     for step in bar:
@@ -89,11 +89,14 @@ def fit(model: nn.Module, loss_fn: LossFn, *, steps: int, lr: float,
         lr_sched.step()
         if ema:
             ema.update(model, step)
-        losses.append(loss.item())
-        if step % 50 == 0:
+        pending.append(loss.detach())
+        if step % 50 == 0:  # read the losses back every 50 steps: a read per step would stall a GPU every step
+            losses += torch.stack(pending).tolist()
+            pending.clear()
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
         if time_limit_s is not None and time.perf_counter() - start > time_limit_s:
             break
+    losses += torch.stack(pending).tolist() if pending else []
     model.eval()
     return TrainResult(ema.model if ema else model, losses, time.perf_counter() - start, len(losses))
 
