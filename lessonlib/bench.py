@@ -32,22 +32,28 @@ __all__ = ["bench_sampling", "bench_quality", "bench_cfg", "bench_widgets", "mai
 
 def bench_sampling(*, n: int = 2000, n_ddpm: int = 500, ddim_steps=(10, 25, 50, 100), model: str = "mnist-uncond",
                    seed: int = 0) -> list[dict]:
-    """Images/s and FID_judge of DDPM (all steps) and DDIM at several step counts, next to the real-vs-real floor."""
+    """Images/s and FID_judge of DDPM (all steps) and DDIM at several step counts, next to the real-vs-real floor.
+
+    ``n_ddpm = 0`` skips DDPM (its T steps per image are most of this benchmark's time on a CPU).
+    """
+    if n < 1 or n_ddpm < 0:
+        raise ValueError(f"n must be at least 1 and n_ddpm at least 0 (0 skips DDPM), got n={n}, n_ddpm={n_ddpm}.")
+    counts = sorted({n, n_ddpm} - {0})
     unet, judge = zoo.load(model), zoo.load("mnist-judge")
-    entry, schedule = zoo.entry(model), zoo.schedule_for(model)
+    schedule = zoo.schedule_for(model)
     test = load_mnist("test")
     eps = lambda x, t: unet(x, t)  # noqa: E731
-    print(f"benchmark: sampling | model {model} ({entry['parameters']:,} parameters, {schedule}) | "
+    print(f"benchmark: sampling | model {model} ({sum(p.numel() for p in unet.parameters()):,} parameters, {schedule}) | "
           f"N = {n} (DDPM: {n_ddpm}) | seed {seed}")
     print(f"machine: {zoo.machine_summary()} | reference: {test.source}")
-    floors = {k: fid_floor(judge, test.images, k, seed=seed) for k in sorted({n, n_ddpm})}
+    floors = {k: fid_floor(judge, test.images, k, seed=seed) for k in counts}
     ref = test.images[torch.randperm(len(test), generator=torch.Generator().manual_seed(seed + 1))]
-    real_pr = {k: judge_manifold_scores(judge, ref[k:2 * k], ref[:k]) for k in sorted({n, n_ddpm})}
+    real_pr = {k: judge_manifold_scores(judge, ref[k:2 * k], ref[:k]) for k in counts}
     for k, pr in real_pr.items():
         print(f"  real vs real, N={k}: precision {pr.precision:.3f} recall {pr.recall:.3f} density {pr.density:.3f} "
               f"coverage {pr.coverage:.3f} (k = {pr.k}; what a perfect sampler would score)")
     rows = []
-    for method, steps, count in [("ddpm", schedule.T, n_ddpm)] + [("ddim", s, n) for s in ddim_steps]:
+    for method, steps, count in [("ddpm", schedule.T, n_ddpm)] * (n_ddpm > 0) + [("ddim", s, n) for s in ddim_steps]:
         start = time.perf_counter()
         images = sample_images(eps, count, schedule, steps=steps, method=method, seed=seed)
         seconds = time.perf_counter() - start
@@ -174,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="bench", required=True)
     s = sub.add_parser("sampling", help="DDPM vs DDIM: images per second and FID_judge against the floor")
     s.add_argument("--n", type=int, default=2000, help="samples per DDIM setting (default 2000)")
-    s.add_argument("--n-ddpm", type=int, default=500, help="samples for DDPM with all T steps (default 500)")
+    s.add_argument("--n-ddpm", type=int, default=500, help="samples for DDPM with all T steps (default 500; 0 skips DDPM)")
     s.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50, 100], help="DDIM step counts")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--model", default="mnist-uncond", help="an unconditional zoo name (default mnist-uncond; "

@@ -55,6 +55,21 @@ def test_widgets_benchmark_renders_then_hits_the_cache(tiny_zoo):
         main(["widgets", "--images", "many"])
 
 
+def test_sampling_benchmark_skips_ddpm_at_zero_and_refuses_negative_counts(tiny_zoo, tmp_path, capsys):
+    from helpers import randomise
+
+    from lessonlib import zoo
+    from lessonlib.bench import bench_sampling
+    from lessonlib.nets.classifier import JudgeConfig, JudgeNet
+
+    zoo.save("mnist-judge", randomise(JudgeNet(JudgeConfig())), info={"command": "test"}, directory=tmp_path)
+    rows = bench_sampling(model="mnist-cfg", n=8, n_ddpm=0, ddim_steps=(2,))  # a class-conditional net runs unconditioned
+    assert [(r["sampler"], r["n"]) for r in rows] == [("ddim-2", 8)] and rows[0]["ratio"] > 0
+    assert "ddpm" not in capsys.readouterr().out.split("real vs real")[-1]
+    with pytest.raises(ValueError, match="0 skips DDPM"):
+        bench_sampling(model="mnist-cfg", n=8, n_ddpm=-1)
+
+
 @pytest.mark.slow
 def test_quality_benchmark_reads_an_ablation_folder_and_reports_against_the_targets(tmp_path, capsys):
     from helpers import TINY, randomise
