@@ -9,7 +9,8 @@ with only the networks' arithmetic moved there. (Accelerate's ``AlignDevicesHook
 same choice.) Gradients flow through the moves, so classifier and CLIP guidance work across devices too.
 
 ``LESSONLIB_DEVICE`` (``cpu``, ``cuda``, ``cuda:1``, ``mps``) overrides the choice; the test suite sets it to
-``cpu`` so that its numbers do not depend on the machine.
+``cpu`` so that its numbers do not depend on the machine. ``LESSONLIB_THREADS`` caps the CPU threads :func:`setup`
+pins; under pytest-xdist the workers share the cores (:func:`thread_cap`).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import torch
 from torch import Tensor, nn
 
-__all__ = ["device", "setup", "follows_inputs", "move", "first_tensor"]
+__all__ = ["device", "setup", "thread_cap", "follows_inputs", "move", "first_tensor"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -44,8 +45,23 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
+def thread_cap() -> int | None:
+    """The most CPU threads :func:`setup` pins: ``$LESSONLIB_THREADS`` when set; under pytest-xdist (the test suite
+    runs two lessons side by side, each in a kernel its worker starts) the cores shared among the workers; else None."""
+    value = os.environ.get("LESSONLIB_THREADS", "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"LESSONLIB_THREADS={value!r} must be a positive whole number of threads; unset it for 2.")
+        return int(value)
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "").strip()
+    if workers.isdigit() and int(workers) > 1:
+        return max(1, (os.cpu_count() or 1) // int(workers))
+    return None
+
+
 def setup(threads: int = 2, *, quiet: bool = False) -> torch.device:
-    """A lesson's first call: pick :func:`device`; on CPU pin torch to ``threads`` threads (at most the cores).
+    """A lesson's first call: pick :func:`device`; on CPU pin torch to ``threads`` threads (at most the cores, and at
+    most :func:`thread_cap`).
 
     Returns the device; the shipped checkpoints load onto it (``zoo.load``) and the recipes train on it.
     """
@@ -53,7 +69,7 @@ def setup(threads: int = 2, *, quiet: bool = False) -> torch.device:
         raise ValueError(f"threads must be >= 1, got {threads}.")
     dev = device()
     if dev.type == "cpu":
-        torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
+        torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1, thread_cap() or threads)))
         where = f"cpu, {torch.get_num_threads()} threads"
     elif dev.type == "cuda":
         where = f"{dev} ({torch.cuda.get_device_name(dev)})"

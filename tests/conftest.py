@@ -10,12 +10,16 @@ import pytest
 import torch
 from helpers import TINY, randomise
 
+import lessonlib
 from lessonlib import zoo
 from lessonlib.nets.unet import UNet, UNetConfig
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("LESSONLIB_DEVICE", "cpu")  # tests stay on the CPU; LESSONLIB_DEVICE=cuda pytest runs them on a GPU
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# 2 threads, or on pytest-xdist's workers (pyproject's addopts: `-n 2 --dist loadfile`) a share of the cores each;
+# the lessons' kernels a worker starts pin the same share (lessonlib.devices.thread_cap)
+lessonlib.setup(threads=2, quiet=True)
+
 
 def pytest_collection_modifyitems(config, items):
     for item in items:

@@ -3,6 +3,8 @@
 The suite runs on the CPU (conftest sets LESSONLIB_DEVICE=cpu). The device-parametrised test below also runs on
 CUDA when this machine has a GPU and is skipped with the reason otherwise.
 """
+import os
+
 import pytest
 import torch
 from helpers import TINY, randomise
@@ -51,6 +53,29 @@ def test_setup_pins_threads_only_on_cpu(monkeypatch, capsys):
         torch.set_num_threads(before)
     with pytest.raises(ValueError, match="threads must be >= 1"):
         devices.setup(threads=0)
+
+
+def test_setup_pins_at_most_the_thread_cap_and_a_bad_cap_says_what_to_do(monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.setenv("LESSONLIB_DEVICE", "cpu")
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)  # CI's machine: 2 cores
+    try:
+        monkeypatch.setenv("LESSONLIB_THREADS", "1")
+        devices.setup(threads=2, quiet=True)
+        assert torch.get_num_threads() == 1
+        monkeypatch.delenv("LESSONLIB_THREADS")
+        monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "1")
+        devices.setup(threads=2, quiet=True)
+        assert torch.get_num_threads() == 2
+        monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")  # two lessons side by side share the 2 cores
+        devices.setup(threads=2, quiet=True)
+        assert torch.get_num_threads() == 1
+        for bad in ("0", "two", "-1"):
+            monkeypatch.setenv("LESSONLIB_THREADS", bad)
+            with pytest.raises(ValueError, match="positive whole number"):
+                devices.setup(quiet=True)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_move_and_first_tensor_reach_inside_containers():
