@@ -16,7 +16,7 @@ from lessonlib.nets.unet import UNet, UNetConfig
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("LESSONLIB_DEVICE", "cpu")  # tests stay on the CPU; LESSONLIB_DEVICE=cuda pytest runs them on a GPU
-# 2 threads, or on pytest-xdist's workers (pyproject's addopts: `-n 2 --dist loadfile`) a share of the cores each;
+# 2 threads, or on pytest-xdist's workers (pyproject's addopts: `-n 2 --dist loadscope`) a share of the cores each;
 # the lessons' kernels a worker starts pin the same share (lessonlib.devices.thread_cap)
 lessonlib.setup(threads=2, quiet=True)
 
