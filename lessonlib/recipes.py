@@ -105,11 +105,11 @@ _CIFAR_UNET = replace(_MNIST_UNET, in_channels=3, image_size=32, attention_resol
 # min-SNR-5 loss weights and learning rate 4e-3 beat the plain loss, a cosine schedule and 1x1 patches. Each diffusion
 # recipe comes in two budgets: the shipped one below (trained on a GPU, batch 128) and NAME-quick (batch 64, 15 minutes
 # or less on 2 CPU cores), which a student can rerun; the manifest records both. mnist-uncond is the exception: its
-# shipped budget, 18,000 steps of batch 128, trained on 2 CPU cores in about 1.5 hours (the issue allows 2), when no GPU
+# shipped budget, 18,000 steps of batch 128, trained on 2 CPU cores in 78 minutes (the issue allows 2 hours), when no GPU
 # was lent; steps were the lever in the ablation (2,000 -> 4,500 -> 9,000 steps about halved FID_judge each time).
 _EPS = dict(lr=4e-3, ema_decay=0.999, warmup=200, min_snr_gamma=5.0)
 _SHIPPED = dict(batch_size=128, **_EPS)
-_LONG = dict(batch_size=256, **_EPS)  # the class-conditional, unconditional and flow models (issue 17's second GPU run)
+_LONG = dict(batch_size=256, **_EPS)  # the class-conditional and flow models (issue 17's second GPU run)
 _QUICK = dict(batch_size=64, **_EPS)
 
 RECIPES: dict[str, Recipe] = {
