@@ -72,6 +72,12 @@ class Recipe:
             raise ValueError(f"recipe {self.name!r}: hflip augments classifier recipes, not a {self.task} recipe.")
         if self.task in ("controlnet", "distill") and not self.base:
             raise ValueError(f"recipe {self.name!r}: a {self.task} recipe needs base= (the frozen U-Net's zoo name).")
+        config = self.config or {}
+        if config.get("prediction") == "v" and (config.get("schedule", "linear"), config.get("T", 1000)) != (
+                self.schedule, self.T):
+            raise ValueError(f"recipe {self.name!r}: a prediction='v' U-Net converts v to eps with its config's "
+                             f"schedule and T, which must be the recipe's ({self.schedule!r}, {self.T}); set "
+                             f"config.schedule and config.T to match.")
 
     def noise_schedule(self) -> NoiseSchedule | LinearPath:
         """The noise schedule this recipe trains with (and its checkpoint samples with); flow.LINEAR for flows."""

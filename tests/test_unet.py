@@ -140,3 +140,35 @@ def test_describe_unet_traces_every_layer_and_counts_skip_channels():
     assert sorted(skips) == sorted(net.skip_channels()[:-1])
     with pytest.raises(ValueError, match="lessonlib UNet"):
         describe_unet(torch.nn.Linear(2, 2), torch.randn(2, 2), torch.zeros(2))
+
+
+def test_a_v_prediction_unet_is_an_eps_function():
+    """prediction="v": the network's output is v = sqrt(abar) eps - sqrt(1 - abar) x0, and forward returns eps."""
+    from lessonlib.diffusion import q_sample
+
+    torch.manual_seed(0)
+    net = randomise(UNet(UNetConfig(prediction="v", **TINY)))
+    schedule = linear_schedule()
+    x0, eps, t = torch.randn(4, 1, 28, 28), torch.randn(4, 1, 28, 28), torch.tensor([0, 10, 500, 999])
+    x_t = q_sample(schedule, x0, t, eps)
+    a = schedule.abar[t].float()[:, None, None, None]
+    v = a.sqrt() * eps - (1 - a).sqrt() * x0
+    net.decode = lambda *args: v  # a network that predicts the true v ...
+    torch.testing.assert_close(net(x_t, t), eps, atol=1e-5, rtol=1e-4)  # ... is the true eps-function
+    with pytest.raises(ValueError, match="integer timesteps 0..999"):
+        net(x_t, t.float() / 1000)
+    with pytest.raises(ValueError, match="unknown schedule"):
+        UNetConfig(prediction="v", schedule="cosin")
+
+
+def test_a_v_recipe_must_convert_with_its_own_schedule():
+    from dataclasses import asdict, replace
+
+    from lessonlib.recipes import RECIPES
+    from lessonlib.train import with_overrides
+
+    v = with_overrides(RECIPES["mnist-uncond-quick"], {"config.prediction": "v"})
+    assert v.config["prediction"] == "v" and RECIPES["mnist-uncond-quick"].config["prediction"] == "eps"
+    with pytest.raises(ValueError, match="config.schedule and config.T"):
+        replace(v, schedule="cosine")
+    assert asdict(replace(v, schedule="cosine", config={**v.config, "schedule": "cosine"}))["schedule"] == "cosine"

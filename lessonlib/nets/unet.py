@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..devices import follows_inputs
+from ..schedules import make_schedule
 from ..types import NULL_CLASS
 from .config import resolve_config
 from .embedding import TimeMLP
@@ -32,7 +33,9 @@ __all__ = ["UNetConfig", "UNet", "ResBlock", "SelfAttention", "CrossAttention", 
            "modulate", "describe_unet"]
 
 INJECTIONS = ("film", "concat", "adaln_zero")
-PREDICTIONS = ("eps", "velocity")  # what the network outputs; velocity models read float t in [0, 1]
+# what the network outputs: eps; a flow-matching velocity (float t in [0, 1], lesson 12); or v = sqrt(abar) eps -
+# sqrt(1 - abar) x0 (Salimans & Ho 2022), which forward converts to eps with the config's noise schedule
+PREDICTIONS = ("eps", "velocity", "v")
 CONCAT_CHANNELS = 8  # width of the learned class maps concatenated to the input (class_injection="concat")
 
 
@@ -60,7 +63,9 @@ class UNetConfig:
     class_injection: str = "film"  # how class labels enter (lesson 10): "film", "concat" or "adaln_zero"
     dropout: float = 0.0
     groups: int = 8
-    prediction: str = "eps"  # "eps" (integer DDPM timesteps) or "velocity" (flow matching, float t in [0, 1], lesson 12)
+    prediction: str = "eps"  # "eps" (integer DDPM timesteps), "velocity" (flow matching, float t in [0, 1], lesson 12) or "v"
+    schedule: str = "linear"  # prediction="v" only: the noise schedule (name, T) that converts v to eps; the recipe's
+    T: int = 1000
     scale_range: tuple[float, float] | None = None  # a guidance-distilled student: cond["scale"] in this range (lesson 11)
 
     def __post_init__(self):
@@ -77,6 +82,8 @@ class UNetConfig:
                              f"{factor}; use fewer channel_mults or a smaller patch_size.")
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}.")
+        if self.prediction == "v":
+            make_schedule(self.schedule, self.T)  # a bad name or T raises here, saying what is allowed
         if self.class_injection not in INJECTIONS:
             raise ValueError(f"class_injection must be one of {INJECTIONS}, got {self.class_injection!r}.")
         if self.class_injection == "concat" and not self.num_classes:
@@ -166,6 +173,8 @@ class UNet(nn.Module):
         super().__init__()
         cfg = resolve_config(UNetConfig, config, overrides)
         self.config = cfg
+        if cfg.prediction == "v":  # the table that converts v to eps; not saved, rebuilt from the config
+            self.register_buffer("abar", make_schedule(cfg.schedule, cfg.T).abar.float(), persistent=False)
         C, g = cfg.base_channels, cfg.groups
         emb_dim = 4 * C
         self.time_mlp = TimeMLP(C, emb_dim)
@@ -268,7 +277,7 @@ class UNet(nn.Module):
 
     def _time(self, t: Tensor) -> Tensor:
         """Velocity models embed t in [0, 1] as 999 t, the eps-models' range of timesteps."""
-        if self.config.prediction == "eps":
+        if self.config.prediction != "velocity":
             return t
         t = torch.as_tensor(t)
         if not t.dtype.is_floating_point:
@@ -319,7 +328,18 @@ class UNet(nn.Module):
             if len(residuals) != len(hs) + 1:
                 raise ValueError(f"give {len(hs) + 1} residuals (one per skip feature and the middle), got {len(residuals)}.")
             hs, h = [a + r for a, r in zip(hs, residuals)], h + residuals[-1]
-        return self.decode(h, hs, emb, ctx)
+        out = self.decode(h, hs, emb, ctx)
+        if self.config.prediction != "v":
+            return out
+        # v = sqrt(abar) eps - sqrt(1 - abar) x0 and x_t = sqrt(abar) x0 + sqrt(1 - abar) eps give
+        # eps = sqrt(1 - abar) x_t + sqrt(abar) v: the model stays an eps-function for every sampler
+        t = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
+        if t.dtype.is_floating_point or bool(((t < 0) | (t >= self.config.T)).any()):
+            raise ValueError(f"this U-Net predicts v and converts it to eps at integer timesteps 0..{self.config.T - 1}; "
+                             f"got {t.dtype} values {t.unique().tolist()[:5]}.")
+        abar = self.abar[t].to(x.dtype)
+        abar = abar[:, None, None, None]
+        return (1 - abar).sqrt() * x + abar.sqrt() * out
 
     def encode(self, x: Tensor, t: Tensor, cond=None, *, added: Tensor | None = None):
         """The encoder half: (middle features, skip features, embedding, context); ``added`` joins after the stem."""
@@ -345,7 +365,8 @@ class UNet(nn.Module):
         return self.mid[-1](h, emb), hs, emb, ctx
 
     def decode(self, h: Tensor, hs: list[Tensor], emb: Tensor, ctx=None) -> Tensor:
-        """The decoder half: consumes the skip features (a copy of the list) and returns eps_hat."""
+        """The decoder half: consumes the skip features (a copy of the list) and returns the network's output (eps_hat,
+        or v for prediction="v", which ``forward`` converts)."""
         hs = list(hs)
         for layer in self.up:
             h = self._run(layer, torch.cat([h, hs.pop()], 1), emb, ctx) if isinstance(layer, nn.ModuleList) else layer(h)
