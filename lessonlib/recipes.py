@@ -108,7 +108,8 @@ _CIFAR_UNET = replace(_MNIST_UNET, in_channels=3, image_size=32, attention_resol
                       base_channels=48)
 
 # Issue 17's recipe for the eps-models, chosen by a same-budget ablation on mnist-cfg (the issue's note has the table):
-# min-SNR-5 loss weights and learning rate 4e-3 beat the plain loss, a cosine schedule and 1x1 patches. Each diffusion
+# min-SNR-5 loss weights and learning rate 4e-3 beat the plain loss, a cosine schedule and 1x1 patches; at the quick
+# budget, eps-prediction beat v-prediction (config.prediction="v": DDIM-50 FID_judge 2.79 against 2.20). Each diffusion
 # recipe comes in two budgets: the shipped one below (trained on a GPU, batch 128) and NAME-quick (batch 64, 15 minutes
 # or less on 2 CPU cores), which a student can rerun; the manifest records both. mnist-uncond is the exception: its
 # shipped budget, 18,000 steps of batch 128, trained on 2 CPU cores in 78 minutes (the issue allows 2 hours), when no GPU
