@@ -173,8 +173,8 @@ class UNet(nn.Module):
         super().__init__()
         cfg = resolve_config(UNetConfig, config, overrides)
         self.config = cfg
-        if cfg.prediction == "v":  # the table that converts v to eps; not saved, rebuilt from the config
-            self.register_buffer("abar", make_schedule(cfg.schedule, cfg.T).abar.float(), persistent=False)
+        # the schedule that converts v to eps (prediction="v"); rebuilt from the config, not saved
+        self.v_schedule = make_schedule(cfg.schedule, cfg.T) if cfg.prediction == "v" else None
         C, g = cfg.base_channels, cfg.groups
         emb_dim = 4 * C
         self.time_mlp = TimeMLP(C, emb_dim)
@@ -331,14 +331,13 @@ class UNet(nn.Module):
         out = self.decode(h, hs, emb, ctx)
         if self.config.prediction != "v":
             return out
-        # v = sqrt(abar) eps - sqrt(1 - abar) x0 and x_t = sqrt(abar) x0 + sqrt(1 - abar) eps give
-        # eps = sqrt(1 - abar) x_t + sqrt(abar) v: the model stays an eps-function for every sampler
-        t = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
-        if t.dtype.is_floating_point or bool(((t < 0) | (t >= self.config.T)).any()):
-            raise ValueError(f"this U-Net predicts v and converts it to eps at integer timesteps 0..{self.config.T - 1}; "
-                             f"got {t.dtype} values {t.unique().tolist()[:5]}.")
-        abar = self.abar[t].to(x.dtype)
-        abar = abar[:, None, None, None]
+        try:
+            abar = self.v_schedule.at("abar", t, x)  # validates t: integers in 0..T-1
+        except ValueError as err:
+            raise ValueError(f"this U-Net predicts v and converts it to eps at integer timesteps "
+                             f"0..{self.config.T - 1}: {err}") from err
+        # v = sqrt(abar) eps - sqrt(1 - abar) x0 gives eps = sqrt(1 - abar) x_t + sqrt(abar) v: returning eps keeps the
+        # model an eps-function for every sampler and guidance method
         return (1 - abar).sqrt() * x + abar.sqrt() * out
 
     def encode(self, x: Tensor, t: Tensor, cond=None, *, added: Tensor | None = None):
