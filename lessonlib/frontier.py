@@ -15,19 +15,19 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from . import zoo
+from . import stored, zoo
 from .captions import DIGIT_WORDS, zero_shot_templates
 from .clip import class_embeddings
 from .data import load_mnist
 from .guidance import batched_cfg, classifier_grad, grad_guidance, noisy_clip_grad
-from .metrics import class_diversity, fid_floor, fid_judge_interval, judge_accuracy, judge_manifold_scores, mean_ink
+from .metrics import class_diversity, diversity, fid_floor, fid_judge_interval, judge_accuracy, judge_manifold_scores, mean_ink
 from .samplers import sample_images
 from .schedules import NoiseSchedule
 from .types import NULL_CLASS, EpsFn
 from .variants import apg, autoguidance, cfg_variant, cfg_zero_star, distilled, guided_ddim_sample
 
-__all__ = ["frontier_methods", "measure_frontier", "best_points", "format_frontier", "Direct", "LESSON_09",
-           "LESSON_11"]
+__all__ = ["frontier_methods", "measure_frontier", "stored_frontier", "best_points", "format_frontier", "Direct",
+           "LESSON_09", "LESSON_11", "METHOD_CHECKPOINTS"]
 
 CFG_SCALES = [1.0, 1.5, 2.0, 3.0, 5.0, 8.0]
 MakeEps = Callable[[float, Tensor], EpsFn]  # make(scale, labels) -> EpsFn (or a Direct sampler)
@@ -35,6 +35,17 @@ LESSON_09 = ["classifier guidance", "CLIP guidance (noise-aware)", "CFG", "CFG p
              "CFG perpendicular (x0)", "CFG rescale 0.7", "CFG interval t in [200, 800]", "CFG linear schedule"]
 LESSON_11 = ["CFG", "APG (eta 0, r 5, momentum -0.5)", "CFG++ (lambda)", "CFG-Zero* optimised scale",
              "autoguidance (guide: mnist-cfg-p0.1)", "distilled student (mnist-cfg-distilled)"]
+
+
+# the zoo checkpoints each method samples with (the judge measures every one): a stored frontier is tied to them
+METHOD_CHECKPOINTS = {
+    "classifier guidance": ["mnist-uncond", "mnist-noisy-classifier"],
+    "CLIP guidance (noise-aware)": ["mnist-uncond", "mnist-clip", "mnist-clip-noisy"],
+    "APG (eta 0, r 5, momentum -0.5)": ["mnist-cfg"], "CFG++ (lambda)": ["mnist-cfg"],
+    "CFG-Zero* optimised scale": ["mnist-cfg"],
+    "autoguidance (guide: mnist-cfg-p0.1)": ["mnist-cfg", "mnist-cfg-p0.1"],
+    "distilled student (mnist-cfg-distilled)": ["mnist-cfg-distilled"],
+}
 
 
 class Direct:
@@ -100,7 +111,9 @@ def measure_frontier(*, n: int = 200, steps: int = 20, seed: int = 0, methods: l
     """One row per (method, scale): adherence, FID_judge, precision and recall (against the class-matched real set),
     diversity, mean ink, ms per image; plus the FID floor.
 
-    ``keep_samples`` keeps each row's images (``row["samples"]``, classes ``torch.arange(n) % 10``) for paired
+    ``row["diversity_by_class"]`` is the diversity within each class (10 values, their mean is ``diversity``), for
+    comparisons paired over the classes. ``keep_samples`` keeps each row's images (``row["samples"]``, classes
+    ``torch.arange(n) % 10``) for paired
     comparisons between methods, which share the starting noise.
 
     ``scales`` overrides the scales of named methods; ``default_scales`` those of every other CFG method.
@@ -138,8 +151,35 @@ def measure_frontier(*, n: int = 200, steps: int = 20, seed: int = 0, methods: l
             rows.append({"method": name, "scale": s, "adherence": judge_accuracy(judge, xs, y),
                          "fid_judge": ci.fid, "fid_interval": ci, "precision": pr.precision, "recall": pr.recall,
                          "diversity": class_diversity(judge, xs, y), "ink": mean_ink(xs),
+                         "diversity_by_class": torch.tensor([diversity(judge, xs[y == k]) for k in range(10)]),
                          "ms_per_image": 1000 * seconds / n, **({"samples": xs} if keep_samples else {})})
     return rows, fid_floor(judge, test.images, seed=seed, labels=test.labels, matched_to=y)
+
+
+def stored_frontier(name: str, *, lesson: str, recompute: bool = False, pictures: int = 40,
+                    **options) -> tuple[list[dict], float]:
+    """:func:`measure_frontier` (its keyword ``options``) as a stored result (:mod:`lessonlib.stored`, lessons 09, 11):
+    loaded when stored with the same options and checkpoints, else measured and stored.
+
+    With ``keep_samples=True`` each row keeps its first ``pictures`` samples (8-bit, for showing): measure
+    on the full sets inside :func:`measure_frontier`, not on these.
+    """
+    methods = options.get("methods") or LESSON_09
+    known = frontier_methods(None)  # the names only: no model is loaded until a method is made
+    if set(methods) - set(known):
+        raise ValueError(f"unknown methods {sorted(set(methods) - set(known))}; choose from {sorted(known)}.")
+    used = {"mnist-judge", *(c for m in methods for c in METHOD_CHECKPOINTS.get(m, ["mnist-cfg"]))}
+    def measure() -> tuple[list[dict], float]:
+        rows, floor = measure_frontier(**options)
+        for r in rows:  # the numbers are measured on the full samples; the first `pictures` are kept to be shown
+            if "samples" in r:
+                r["samples"] = stored.Picture(r["samples"][:pictures])
+        return rows, floor
+
+    params = {**options, "pictures": pictures} if options.get("keep_samples") else options
+    rows, floor = stored.get(name, measure, params=params, checkpoints=sorted(used), lesson=lesson,
+                             recompute=recompute, data=repr(load_mnist("test")))
+    return rows, floor
 
 
 def best_points(rows: list[dict], *, min_adherence: float = 0.95) -> dict[str, dict]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import tempfile
 import urllib.error
 import urllib.request
@@ -32,13 +31,13 @@ try:
 except ImportError:  # Windows: no lock, one training at a time
     fcntl = None
 
-import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .devices import device as default_device
 from .flow import LinearPath, make_path
 from .home import home
+from .manifest import SHIPPED_MANIFEST, ZooError, _manifest_path, _retrain_hint, checkpoint_dir, entry, machine_summary, manifest
 from .nets.classifier import JudgeConfig, JudgeNet, NoisyClassifier, NoisyClassifierConfig
 from .nets.clip import SmallCLIP, SmallCLIPConfig
 from .nets.config import config_from_dict
@@ -59,29 +58,8 @@ ARCHITECTURES: dict[str, tuple[type[nn.Module], type]] = {
     "ControlNet": (ControlNet, ControlNetConfig),
 }
 MAX_BYTES = 10 * 1024 * 1024
-SHIPPED_MANIFEST = Path(__file__).resolve().parent / "checkpoints.json"
 REPO_CHECKPOINTS = REPO_ROOT / "data" / "checkpoints"  # present in a clone
 FETCH_TIMEOUT_S = 20
-
-
-class ZooError(RuntimeError):
-    """A checkpoint is missing, unknown or does not match its manifest."""
-
-
-def checkpoint_dir() -> Path | None:
-    """``$LESSONLIB_CHECKPOINTS`` (a zoo of your own) if set, else None: the shipped zoo."""
-    env = os.environ.get("LESSONLIB_CHECKPOINTS")
-    return Path(env).expanduser() if env else None
-
-
-def _manifest_path(directory: str | Path | None) -> Path:
-    return Path(directory) / "manifest.json" if directory is not None else SHIPPED_MANIFEST
-
-
-def manifest(directory: Path | None = None) -> dict:
-    """The manifest as a dict: the shipped one, or that of ``directory`` / ``$LESSONLIB_CHECKPOINTS`` (empty if none)."""
-    path = _manifest_path(directory or checkpoint_dir())
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def sha256_of(path: Path) -> str:
@@ -90,20 +68,6 @@ def sha256_of(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def machine_summary() -> str:
-    """A one-line description of this machine: CPU or GPU, core count, torch version."""
-    if torch.cuda.is_available():
-        where = torch.cuda.get_device_name(0)
-    else:
-        where = f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    return f"{where}; {platform.system()}; torch {torch.__version__}"
-
-
-def _retrain_hint(name: str, entry: dict | None) -> str:
-    command = (entry or {}).get("command", f"python -m lessonlib.train {name}")
-    return f"Retrain it with `{command}`, or restore data/checkpoints/ from the repository (git checkout)."
 
 
 def _source_url(file: str) -> str | None:
@@ -176,17 +140,6 @@ def _verified(path: Path, name: str, record: dict) -> Path:
         raise ZooError(f"checkpoint {path} is corrupt or was replaced: sha256 {digest[:12]}... does not match the "
                        f"manifest's {record['sha256'][:12]}... " + _retrain_hint(name, record))
     return path
-
-
-def entry(name: str, *, directory: Path | None = None) -> dict:
-    """The manifest entry of checkpoint ``name``; an unknown name raises a ZooError listing the known ones."""
-    directory = directory or checkpoint_dir()
-    entries = manifest(directory)
-    if name not in entries:
-        known = ", ".join(sorted(entries)) or "none yet"
-        raise ZooError(f"no checkpoint named {name!r} in {_manifest_path(directory)} (known: {known}). "
-                       + _retrain_hint(name, None))
-    return entries[name]
 
 
 def schedule_for(name: str, *, directory: Path | None = None) -> NoiseSchedule | LinearPath:
