@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from .schedules import NoiseSchedule, make_schedule, signal_noise, timestep_sequence
-from .types import EpsFn
+from .types import EpsFn, check_finite, check_step
 
 __all__ = ["LinearPath", "LINEAR", "VelocityFn", "check_unit_time", "interpolate", "velocity_target",
            "x0_from_velocity", "eps_from_velocity", "velocity_from_eps", "score_from_velocity", "linear_times",
@@ -208,6 +208,7 @@ def ode_sample(fn, x_T: Tensor, schedule: NoiseSchedule | LinearPath, *, steps: 
     """
     if method not in ODE_METHODS:
         raise ValueError(f"unknown ODE method {method!r}; choose one of {ODE_METHODS}.")
+    check_finite(x_T, "x_T")
     if grid is not None:
         grid = torch.as_tensor(grid).reshape(-1)
         if steps is not None and steps != len(grid):
@@ -241,10 +242,10 @@ def ode_sample(fn, x_T: Tensor, schedule: NoiseSchedule | LinearPath, *, steps: 
     states = [x]
     for i in range(len(times) - 1):
         dt = float(times[i + 1] - times[i])
-        v = v_fn(x, keys[i])
+        v = check_step(v_fn(x, keys[i]), i, float(times[i]), "the model")
         x_next = x + dt * v
         if method == "heun" and i + 1 < len(times) - 1:
-            x_next = x + dt * (v + v_fn(x_next, keys[i + 1])) / 2
+            x_next = x + dt * (v + check_step(v_fn(x_next, keys[i + 1]), i, float(times[i + 1]), "the model")) / 2
         x = x_next
         states.append(x)
     return torch.stack(states) if trajectory else x

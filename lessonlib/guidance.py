@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .diffusion import x0_from_eps
 from .schedules import NoiseSchedule
-from .types import EpsFn, GradFn
+from .types import EpsFn, GradFn, check_finite
 
 __all__ = [
     "check_scale",
@@ -101,6 +101,7 @@ def _cat_conds(conds: Sequence[Any]) -> Any:
 
 def conditional(model: Callable, cond: Any) -> EpsFn:
     """Bind a condition: ``model(x_t, t, cond)`` becomes an EpsFn ``(x_t, t) -> eps`` (lesson 04)."""
+    check_finite(cond, "the condition")
     return lambda x, t: model(x, t, _batch_cond(cond, x.shape[0]))
 
 
@@ -123,6 +124,7 @@ def batched_predictions(model: Callable, conds: Sequence[Any]) -> Callable[[Tens
     """One forward pass over len(conds) copies of the batch; returns one eps per condition (lesson 07)."""
     if not conds:
         raise ValueError("give at least one condition.")
+    check_finite(list(conds), "the conditions")
 
     def predict(x: Tensor, t: Tensor) -> list[Tensor]:
         n, batch = len(conds), x.shape[0]
@@ -219,6 +221,7 @@ def _cosine_grad(embed: Callable[[Tensor, Tensor], Tensor], text_emb: Tensor) ->
     """grad_x cos(embed(x_t, t), e_text), the shared core of both CLIP-guidance directions."""
     if text_emb.ndim not in (1, 2):
         raise ValueError(f"text_emb must be (D,) or (B, D), got shape {tuple(text_emb.shape)}.")
+    check_finite(text_emb, "text_emb")
     target = torch.nn.functional.normalize(text_emb.detach(), dim=-1).reshape(-1, text_emb.shape[-1])
 
     def cosine(x: Tensor, t: Tensor) -> Tensor:

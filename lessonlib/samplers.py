@@ -24,7 +24,7 @@ from .diffusion import abar_at_prev, eps_from_x0, posterior_mean_variance, step_
 from .flow import ODE_METHODS, ode_sample
 from .progress import progress_bar
 from .schedules import NoiseSchedule, timestep_sequence
-from .types import EpsFn
+from .types import EpsFn, check_finite, check_step
 
 __all__ = ["Step", "timestep_sequence", "ddim_step", "ddpm_step", "sample", "sample_steps", "sample_images",
            "noise_like"]
@@ -94,6 +94,7 @@ def sample_steps(eps_fn: EpsFn, x_T: Tensor, schedule: NoiseSchedule, *,
                          "model on flow.LINEAR samples with method='euler' or 'heun'.")
     if not torch.is_tensor(x_T) or not x_T.is_floating_point() or x_T.ndim < 2:
         raise ValueError("x_T must be a floating-point tensor of shape (B, ...), e.g. torch.randn(B, 1, 28, 28).")
+    check_finite(x_T, "x_T")
     options = {"eta": eta} if method == "ddim" else {}
     ts = timestep_sequence(schedule.T, steps).tolist()
     x = x_T
@@ -103,6 +104,7 @@ def sample_steps(eps_fn: EpsFn, x_T: Tensor, schedule: NoiseSchedule, *,
         eps = eps_fn(x, t_batch)
         if eps.shape != x.shape:
             raise ValueError(f"the eps-function returned shape {tuple(eps.shape)} for x_t of shape {tuple(x.shape)}.")
+        check_step(eps, i, t, "the eps-function")
         x_next, x0 = _STEPPERS[method](schedule, x, t_batch, t_prev, eps, generator=generator, clip_x0=clip_x0,
                                        **options)
         yield Step(i, t, x, eps, x0, x_next)
@@ -150,6 +152,8 @@ def sample_images(eps_fn: EpsFn, x_T: Tensor | int, schedule: NoiseSchedule, *, 
     """
     if isinstance(x_T, bool) or not (torch.is_tensor(x_T) or (isinstance(x_T, int) and x_T >= 1)):
         raise ValueError(f"x_T must be a noise tensor (B, C, H, W) or a number of images >= 1, got {x_T!r}.")
+    if torch.is_tensor(x_T):
+        check_finite(x_T, "x_T")
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
         raise ValueError(f"batch must be a positive integer or None, got {batch!r}.")
     options = dict(steps=steps, method=method, eta=eta, clip_x0=clip_x0, progress=progress)
