@@ -7,6 +7,9 @@ Component k (class k) is N(mu_k, Sigma_k) with weight w_k. Under q(x_t | x_0) it
 so p_t(x), its score grad log p_t(x), the class posterior p_t(k | x) and the classifier gradient
 grad log p_t(k | x) = grad log p_t(x | k) - grad log p_t(x) are all closed-form. The exact
 eps-function is eps*(x_t, t) = -sqrt(1 - a) grad log p_t(x_t): the minimiser of the denoising loss.
+
+This module is the exact toy only, on the package's first floors (schedules, diffusion): the small networks
+that learn it are in :mod:`lessonlib.nets.toy`, their training loops in :mod:`lessonlib.training`.
 """
 from __future__ import annotations
 
@@ -14,18 +17,13 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .diffusion import denoising_loss, q_sample
-from .flow import check_unit_time, flow_matching_loss
-from .nets.embedding import timestep_embedding
-from .progress import progress_bar
+from .diffusion import q_sample
 from .schedules import NoiseSchedule
-from .training import drop_conditions
 from .types import EpsFn, GradFn
 
-__all__ = ["GaussianMixture2D", "ToyEpsMLP", "ToyVelocityMLP", "ToyCondEpsMLP", "fit_toy_eps_model",
-           "fit_toy_flow_model", "fit_toy_cond_model", "eps_error_by_t"]
+__all__ = ["GaussianMixture2D", "eps_error_by_t"]
 
 
 def _marginal_score(log_joint: Tensor, scores: Tensor) -> Tensor:
@@ -280,103 +278,6 @@ class GaussianMixture2D:
         cell = (hi - lo) / (grid - 1)
         jitter = (torch.rand(n, 2, generator=generator, dtype=torch.float64) - 0.5) * cell
         return (pts[idx] + jitter).float()
-
-
-class ToyEpsMLP(nn.Module):
-    """A small MLP eps-model for 2-D points: [x, time embedding] -> eps (lesson 01)."""
-
-    def __init__(self, hidden: int = 128, depth: int = 3, time_dim: int = 32):
-        super().__init__()
-        self.time_dim = time_dim
-        self.net = _mlp(2 + time_dim, hidden, depth)
-
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.net(torch.cat([x, timestep_embedding(t, self.time_dim)], dim=1))
-
-
-def _mlp(width: int, hidden: int, depth: int) -> nn.Sequential:
-    layers = []
-    for _ in range(depth):
-        layers += [nn.Linear(width, hidden), nn.SiLU()]
-        width = hidden
-    return nn.Sequential(*layers, nn.Linear(width, 2))
-
-
-class ToyCondEpsMLP(nn.Module):
-    """A class-conditional toy eps-model ``(x, t, y) -> eps``; class -1 is the null label for CFG (lesson 11)."""
-
-    def __init__(self, num_classes: int, hidden: int = 128, depth: int = 3, time_dim: int = 32, class_dim: int = 16):
-        super().__init__()
-        self.num_classes, self.time_dim = num_classes, time_dim
-        self.embed = nn.Embedding(num_classes + 1, class_dim)  # the last row is the null class
-        self.net = _mlp(2 + time_dim + class_dim, hidden, depth)
-
-    def forward(self, x: Tensor, t: Tensor, y) -> Tensor:
-        y = torch.as_tensor(y, device=x.device).reshape(-1).long().expand(x.shape[0])
-        if torch.any((y < -1) | (y >= self.num_classes)):
-            raise ValueError(f"classes are 0..{self.num_classes - 1}, or -1 for the null class; got {y.unique().tolist()}.")
-        emb = self.embed(torch.where(y < 0, torch.full_like(y, self.num_classes), y))
-        return self.net(torch.cat([x, timestep_embedding(t, self.time_dim), emb], dim=1))
-
-
-class ToyVelocityMLP(ToyEpsMLP):
-    """The same MLP as a velocity model: float times t in [0, 1], embedded as 999 t like the velocity U-Net
-    (lesson 12)."""
-
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        t = check_unit_time(t, x).reshape(-1).expand(x.shape[0])
-        return super().forward(x, 999 * t)
-
-
-def _fit_toy(model: nn.Module, mixture: GaussianMixture2D, loss_fn, *, steps: int, batch: int, lr: float,
-             seed: int, progress: bool, desc: str):
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    losses = []
-    for _ in progress_bar(range(steps), desc=desc, enabled=progress):
-        x0, labels = mixture.sample(batch, generator=gen)
-        loss = loss_fn(model, x0, labels, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-    return model.eval(), losses
-
-
-def fit_toy_eps_model(mixture: GaussianMixture2D, schedule: NoiseSchedule, *, steps: int = 3000,
-                      batch: int = 512, lr: float = 2e-3, seed: int = 0, progress: bool = True):
-    """Train :class:`ToyEpsMLP` by denoising score matching on fresh mixture samples; returns (model, losses)."""
-    torch.manual_seed(seed)
-    return _fit_toy(ToyEpsMLP(), mixture, lambda m, x0, _, gen: denoising_loss(m, x0, schedule, generator=gen),
-                    steps=steps, batch=batch, lr=lr, seed=seed, progress=progress, desc="toy DSM")
-
-
-def fit_toy_flow_model(mixture: GaussianMixture2D, *, steps: int = 3000, batch: int = 512, lr: float = 2e-3,
-                       seed: int = 0, sampling: str = "logit-normal", progress: bool = True):
-    """Train :class:`ToyVelocityMLP` by flow matching on the linear path; returns (model, losses) (lesson 12)."""
-    torch.manual_seed(seed)
-    return _fit_toy(ToyVelocityMLP(), mixture,
-                    lambda m, x0, _, gen: flow_matching_loss(m, x0, generator=gen, sampling=sampling),
-                    steps=steps, batch=batch, lr=lr, seed=seed, progress=progress, desc="toy flow matching")
-
-
-def fit_toy_cond_model(mixture: GaussianMixture2D, schedule: NoiseSchedule, *, steps: int = 3000, hidden: int = 128,
-                       p_uncond: float = 0.1, batch: int = 512, lr: float = 2e-3, seed: int = 0,
-                       progress: bool = True):
-    """Train :class:`ToyCondEpsMLP` with label dropout (CFG's recipe, lesson 07) on the mixture's classes.
-
-    A small ``hidden`` or few ``steps`` gives the weaker model that autoguidance needs (lesson 11).
-    """
-    torch.manual_seed(seed)
-
-    def loss(m, x0, labels, gen):
-        cond = drop_conditions(labels, p_uncond, gen)
-        return denoising_loss(m, x0, schedule, generator=gen, y=cond)
-
-    return _fit_toy(ToyCondEpsMLP(mixture.num_classes, hidden=hidden), mixture, loss, steps=steps, batch=batch,
-                    lr=lr, seed=seed, progress=progress, desc="toy conditional DSM")
 
 
 @torch.no_grad()

@@ -31,12 +31,16 @@ from .diffusion import denoising_loss, q_sample
 from .flow import TIME_SAMPLINGS, flow_matching_loss
 from .guidance import batched_predictions
 from .nets.conditions import text_condition
+from .nets.toy import ToyCondEpsMLP, ToyEpsMLP, ToyVelocityMLP
 from .progress import progress_bar
+from .schedules import NoiseSchedule
+from .toy import GaussianMixture2D
 from .transforms import random_hflip, random_shift
 from .types import NULL_CLASS, LossFn
 
 __all__ = ["TrainResult", "EMA", "fit", "drop_mask", "drop_conditions", "diffusion_loss_fn", "classifier_loss_fn",
-           "digit_caption_fn", "clip_loss_fn", "text_diffusion_loss_fn", "flow_loss_fn", "distill_loss_fn"]
+           "digit_caption_fn", "clip_loss_fn", "text_diffusion_loss_fn", "flow_loss_fn", "distill_loss_fn",
+           "fit_toy_eps_model", "fit_toy_flow_model", "fit_toy_cond_model"]
 
 
 @dataclass
@@ -248,3 +252,56 @@ def text_diffusion_loss_fn(images: Tensor, labels: Tensor, schedule, *, clip, ba
         cond["null"] = drop_mask(batch_size, p_uncond, generator)
         return denoising_loss(model, images[idx], schedule, generator=generator, cond=cond, min_snr_gamma=min_snr_gamma)
     return loss
+
+
+# ---- the exact 2-D toy's small networks (lessons 01, 11, 12) ----------------------------------------------------
+
+def _fit_toy(model: nn.Module, mixture: GaussianMixture2D, loss_fn, *, steps: int, batch: int, lr: float,
+             seed: int, progress: bool, desc: str):
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    losses = []
+    for _ in progress_bar(range(steps), desc=desc, enabled=progress):
+        x0, labels = mixture.sample(batch, generator=gen)
+        loss = loss_fn(model, x0, labels, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    return model.eval(), losses
+
+
+def fit_toy_eps_model(mixture: GaussianMixture2D, schedule: NoiseSchedule, *, steps: int = 3000,
+                      batch: int = 512, lr: float = 2e-3, seed: int = 0, progress: bool = True):
+    """Train :class:`ToyEpsMLP` by denoising score matching on fresh mixture samples; returns (model, losses)."""
+    torch.manual_seed(seed)
+    return _fit_toy(ToyEpsMLP(), mixture, lambda m, x0, _, gen: denoising_loss(m, x0, schedule, generator=gen),
+                    steps=steps, batch=batch, lr=lr, seed=seed, progress=progress, desc="toy DSM")
+
+
+def fit_toy_flow_model(mixture: GaussianMixture2D, *, steps: int = 3000, batch: int = 512, lr: float = 2e-3,
+                       seed: int = 0, sampling: str = "logit-normal", progress: bool = True):
+    """Train :class:`ToyVelocityMLP` by flow matching on the linear path; returns (model, losses) (lesson 12)."""
+    torch.manual_seed(seed)
+    return _fit_toy(ToyVelocityMLP(), mixture,
+                    lambda m, x0, _, gen: flow_matching_loss(m, x0, generator=gen, sampling=sampling),
+                    steps=steps, batch=batch, lr=lr, seed=seed, progress=progress, desc="toy flow matching")
+
+
+def fit_toy_cond_model(mixture: GaussianMixture2D, schedule: NoiseSchedule, *, steps: int = 3000, hidden: int = 128,
+                       p_uncond: float = 0.1, batch: int = 512, lr: float = 2e-3, seed: int = 0,
+                       progress: bool = True):
+    """Train :class:`ToyCondEpsMLP` with label dropout (CFG's recipe, lesson 07) on the mixture's classes.
+
+    A small ``hidden`` or few ``steps`` gives the weaker model that autoguidance needs (lesson 11).
+    """
+    torch.manual_seed(seed)
+
+    def loss(m, x0, labels, gen):
+        cond = drop_conditions(labels, p_uncond, gen)
+        return denoising_loss(m, x0, schedule, generator=gen, y=cond)
+
+    return _fit_toy(ToyCondEpsMLP(mixture.num_classes, hidden=hidden), mixture, loss, steps=steps, batch=batch,
+                    lr=lr, seed=seed, progress=progress, desc="toy conditional DSM")

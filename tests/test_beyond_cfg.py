@@ -203,7 +203,7 @@ def test_proportion_interval_is_wilsons_and_refuses_impossible_counts():
 
 @pytest.mark.slow
 def test_a_conditional_toy_model_learns_and_a_smaller_one_is_worse():
-    from lessonlib.toy import fit_toy_cond_model
+    from lessonlib.training import fit_toy_cond_model
 
     tree = GaussianMixture2D.tree()
     good, losses = fit_toy_cond_model(tree, S, steps=1500, progress=False)

@@ -200,7 +200,7 @@ def test_cfg_zero_star_is_cfg_at_its_neutral_setting_and_does_what_it_says():
 
 
 def test_a_small_flow_model_learns_the_toy_velocity():
-    from lessonlib.toy import fit_toy_flow_model
+    from lessonlib.training import fit_toy_flow_model
 
     model, losses = fit_toy_flow_model(TOY, steps=400, progress=False)
     g = torch.Generator().manual_seed(1)

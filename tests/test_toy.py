@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from lessonlib.diffusion import denoising_loss, q_sample
+from lessonlib.nets.toy import ToyEpsMLP
 from lessonlib.schedules import cosine_schedule, linear_schedule
-from lessonlib.toy import GaussianMixture2D, ToyEpsMLP, eps_error_by_t
+from lessonlib.toy import GaussianMixture2D, eps_error_by_t
 
 TOY = GaussianMixture2D()
 
