@@ -111,8 +111,12 @@ def test_the_student_version_replaces_solutions_by_their_stubs_and_refuses_a_sol
                "outputs": [{"output_type": "stream", "name": "stdout", "text": "you predicted 'down': right"}]}
     closing = {"cell_type": "code", "execution_count": 5, "outputs": [], "source": "assert all(exercise_results)",
                "metadata": {"tags": ["solution"], "lessonlib": {"stub": "# assert all(exercise_results)\n"}}}
-    nb = {"cells": [plain, solution, verdict, closing], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    widgets = {"application/vnd.jupyter.widget-state+json": {"state": {"abc": {"model_name": "IntSliderModel"}}}}
+    nb = {"cells": [plain, solution, verdict, closing], "metadata": {"widgets": widgets, "kernelspec": {}},
+          "nbformat": 4, "nbformat_minor": 5}
     student = student_version(nb)
+    assert "widgets" not in student["metadata"] and "kernelspec" in student["metadata"]  # no instructor's state
+    assert "widgets" in nb["metadata"]
     assert student["cells"][2]["outputs"] == [] and student["cells"][2]["execution_count"] is None  # no answers shown
     assert student["cells"][3]["source"].startswith("#") and student["cells"][3]["metadata"]["tags"] == []
     text = json.dumps(student)
