@@ -1,0 +1,198 @@
+"""diffusers' guiders and ours, fed the same predictions (``pytest -k diffusers``), and the rules' own properties."""
+import logging
+
+import pytest
+import torch
+
+from lessonlib.guiders import (
+    cfg_rule,
+    in_window,
+    independent_condition,
+    magnitude_aware,
+    magnitude_aware_rule,
+    perturbed_rule,
+    stack_rule,
+    tangential_cfg,
+    tangential_part,
+    tangential_rule,
+)
+from lessonlib.schedules import linear_schedule
+from lessonlib.types import NULL_CLASS
+from lessonlib.variants import apg, cfg_zero_star
+
+SHAPES = [(3, 1, 8, 8), (2, 3, 4, 4), (4, 16)]
+SCALES = [1.5, 3.0, 7.5]
+
+
+def _preds(shape, seed=0, n=3):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def guiders():
+    g = pytest.importorskip("diffusers.guiders", reason="diffusers is in the dev extra: pip install -e '.[dev]'")
+    logging.getLogger("diffusers").setLevel(logging.ERROR)  # "guiders are experimental", once per guider
+    return g
+
+
+def _run(guider, *preds, step=0, steps=10):
+    guider.set_state(step, steps, torch.tensor(999))
+    return guider.forward(*preds).pred  # the combination step itself (__call__ takes a pipeline's batches)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("rescale", [0.0, 0.7])
+def test_cfg_and_its_rescale_match_diffusers(guiders, shape, scale, rescale):
+    c, u, _ = _preds(shape)
+    ref = _run(guiders.ClassifierFreeGuidance(guidance_scale=scale, guidance_rescale=rescale), c, u)
+    assert torch.allclose(cfg_rule(c, u, scale, rescale=rescale), ref, atol=1e-10)
+    # the original formulation c + w (c - u) is ours at s = w + 1
+    orig = _run(guiders.ClassifierFreeGuidance(guidance_scale=scale, use_original_formulation=True), c, u)
+    assert torch.allclose(cfg_rule(c, u, scale + 1), orig, atol=1e-10)
+
+
+@pytest.mark.parametrize("start, stop", [(0.0, 1.0), (0.2, 0.8), (0.5, 0.55), (0.0, 0.3)])
+def test_the_guidance_window_matches_diffusers(guiders, start, stop):
+    c, u, _ = _preds((2, 4))
+    guider = guiders.ClassifierFreeGuidance(guidance_scale=4.0, start=start, stop=stop)
+    for steps in (7, 10, 25):
+        for step in range(steps):
+            guided = not torch.allclose(_run(guider, c, u, step=step, steps=steps), c)
+            assert in_window(step, steps, start, stop) == guided, (step, steps)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("scale", SCALES)
+def test_tangential_cfg_matches_diffusers(guiders, shape, scale):
+    c, u, _ = _preds(shape, seed=1)
+    ref = _run(guiders.TangentialClassifierFreeGuidance(guidance_scale=scale), c.float(), u.float())
+    assert torch.allclose(tangential_rule(c.float(), u.float(), scale), ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("scale, alpha", [(1.5, 8.0), (5.0, 2.0), (10.0, 0.5)])
+def test_magnitude_aware_guidance_matches_diffusers(guiders, shape, scale, alpha):
+    c, u, _ = _preds(shape, seed=2)
+    # diffusers 0.42.1 takes torch.norm over every non-batch dimension, which torch 2.14 refuses for 3 or more
+    # (images): it is fed the flattened predictions, ours the images themselves
+    flat = _run(guiders.MagnitudeAwareGuidance(guidance_scale=scale, alpha=alpha), c.flatten(1), u.flatten(1))
+    assert torch.allclose(magnitude_aware_rule(c, u, scale, alpha=alpha), flat.reshape(shape), atol=1e-10)
+
+
+@pytest.mark.parametrize("name, scale_key", [("PerturbedAttentionGuidance", "perturbed_guidance"),
+                                             ("SkipLayerGuidance", "skip_layer_guidance"),
+                                             ("SmoothedEnergyGuidance", "seg_guidance")])
+@pytest.mark.parametrize("scale, w", [(3.0, 2.8), (7.5, 1.5), (1.0, 3.0)])
+def test_perturbation_guiders_combine_as_diffusers_with_our_scale_convention(guiders, name, scale_key, scale, w):
+    c, u, p = _preds((2, 1, 8, 8), seed=3)
+    options = {f"{scale_key}_scale": w, f"{scale_key}_start": 0.0, f"{scale_key}_stop": 1.0, "guidance_scale": scale}
+    if name != "SmoothedEnergyGuidance":
+        options[f"{scale_key}_layers" if name == "PerturbedAttentionGuidance" else "skip_layer_guidance_layers"] = [0]
+    else:
+        options["seg_guidance_layers"] = [0]
+    ref = _run(getattr(guiders, name)(**options), c, u, p, step=3, steps=10)
+    if scale == 1.0:  # CFG off: diffusers uses p + w (c - p), the perturbation guider alone, as we do
+        assert torch.allclose(perturbed_rule(c, None, p, scale, w), ref, atol=1e-10)
+    else:  # CFG on: diffusers adds w (c - p); in our convention that is the weight w + 1
+        assert torch.allclose(perturbed_rule(c, u, p, scale, w + 1), ref, atol=1e-10)
+        assert not torch.allclose(perturbed_rule(c, u, p, scale, w), ref)  # the difference, on purpose
+
+
+def _fake_model(steps):
+    """A 'model' that returns the given unconditional / conditional predictions at each step's timestep."""
+    def model(x, t, cond):
+        k = steps[int(t[0])]
+        null = torch.as_tensor(cond).reshape(-1, *([1] * (x.ndim - 1))) == NULL_CLASS
+        return torch.where(null, k[1].repeat(2, *([1] * (x.ndim - 1)))[: len(x)],
+                           k[0].repeat(2, *([1] * (x.ndim - 1)))[: len(x)])
+    return model
+
+
+@pytest.mark.parametrize("scale", [2.0, 4.0])
+def test_cfg_zero_star_matches_diffusers(guiders, scale):
+    shape = (3, 1, 4, 4)
+    c, u, _ = _preds(shape, seed=4)
+    model = _fake_model({10: (c, u)})
+    ours = cfg_zero_star(model, torch.tensor([1, 2, 3]), NULL_CLASS, scale)(torch.zeros(shape), torch.full((3,), 10))
+    ref = _run(guiders.ClassifierFreeZeroStarGuidance(guidance_scale=scale, zero_init_steps=0), c, u)
+    assert torch.allclose(ours, ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("eta, r, momentum", [(0.0, 5.0, -0.5), (1.0, 2.0, 0.0), (0.3, 50.0, -0.75)])
+def test_apg_over_a_sampling_run_matches_diffusers_original_formulation(guiders, eta, r, momentum):
+    """Ours is the paper's c + (s - 1)(d_perp + eta d_par): diffusers' use_original_formulation at scale s - 1."""
+    from diffusers.guiders.adaptive_projected_guidance import MomentumBuffer
+
+    shape, scale = (2, 1, 6, 6), 4.0
+    ts = [40, 30, 20, 10]
+    steps = {t: tuple(_preds(shape, seed=t, n=2)) for t in ts}
+    ours = apg(_fake_model(steps), torch.tensor([1, 2]), NULL_CLASS, scale, schedule=linear_schedule(50), eta=eta,
+               norm_threshold=r, momentum=momentum, space="eps")
+    guider = guiders.AdaptiveProjectedGuidance(guidance_scale=scale - 1, adaptive_projected_guidance_momentum=momentum,
+                                               adaptive_projected_guidance_rescale=r, eta=eta,
+                                               use_original_formulation=True)
+    guider.momentum_buffer = MomentumBuffer(momentum)  # what its prepare_inputs does at step 0 of a pipeline
+    for i, t in enumerate(ts):
+        c, u = steps[t]
+        got = ours(torch.zeros(shape), torch.full((2,), t))
+        assert torch.allclose(got.double(), _run(guider, c, u, step=i, steps=len(ts)), atol=1e-6), t
+
+
+def test_tangential_part_keeps_what_c_and_u_share():
+    c = torch.tensor([[1.0, 0.0, 0.0]])
+    assert torch.allclose(tangential_part(c, 2 * c), 2 * c)  # u along c: kept whole
+    u = torch.tensor([[1.0, 1.0, 0.0]])
+    kept = tangential_part(c, u)
+    assert 0 < float(kept.norm()) < float(u.norm())  # part of u is dropped
+    assert float(kept[0, 2]) == 0.0
+
+
+def test_stack_rule_is_cfg_with_one_term_and_sums_deltas():
+    c, u, p = _preds((2, 5), seed=5)
+    assert torch.allclose(stack_rule(c, [(u, 3.0)]), cfg_rule(c, u, 3.0))
+    assert torch.allclose(stack_rule(c, [(u, 3.0), (p, 1.0)]), cfg_rule(c, u, 3.0))  # w = 1: no term
+    both = stack_rule(c, [(u, 3.0), (p, 2.0)])
+    assert torch.allclose(both - cfg_rule(c, u, 3.0), c - p)
+
+
+def test_magnitude_aware_falls_back_towards_the_conditional_where_the_difference_is_large():
+    u = torch.ones(2, 4)
+    c = torch.stack([torch.full((4,), 1.1), torch.full((4,), 5.0)])
+    out = magnitude_aware_rule(c, u, 5.0, alpha=2.0)
+    gain = (out - u) / (c - u)  # the effective scale per sample
+    assert 1 < float(gain[1, 0]) < float(gain[0, 0]) < 5
+
+
+def test_icg_uses_random_conditions_as_the_unconditional_branch():
+    seen = []
+
+    def model(x, t, y):
+        seen.append(torch.as_tensor(y).clone())
+        return x * 0 + torch.as_tensor(y).float().reshape(-1, 1)
+
+    fn = independent_condition(model, torch.tensor([2, 2, 2, 2]), 3.0, num_classes=10,
+                               generator=torch.Generator().manual_seed(0))
+    out = fn(torch.zeros(4, 3), torch.zeros(4, dtype=torch.long))
+    random = seen[0][:4]
+    assert torch.equal(seen[0][4:], torch.tensor([2, 2, 2, 2])) and not torch.all(random == NULL_CLASS)
+    assert torch.allclose(out[:, 0], random.float() + 3.0 * (2 - random.float()))
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: cfg_rule(torch.ones(2, 3), torch.ones(2, 4), 2.0), "one shape"),
+    (lambda: cfg_rule(torch.ones(2, 3), torch.ones(2, 3), float("nan")), "finite"),
+    (lambda: cfg_rule(torch.ones(2, 3), torch.ones(2, 3), 2.0, rescale=1.5), r"rescale .* \[0, 1\]"),
+    (lambda: magnitude_aware(lambda *a: a[0], 1, NULL_CLASS, 3.0, alpha=-1.0), "alpha"),
+    (lambda: stack_rule(torch.ones(2, 3), []), "at least one"),
+    (lambda: in_window(10, 10), r"step must be an integer in \[0, 10\)"),
+    (lambda: in_window(0, 10, start=0.6, stop=0.5), "start <= stop"),
+    (lambda: in_window(0, 0), "positive integer"),
+    (lambda: independent_condition(lambda *a: a[0], torch.tensor([12]), 3.0, num_classes=10), r"\[0, 10\)"),
+    (lambda: independent_condition(lambda *a: a[0], torch.tensor([1]), 3.0, num_classes=1), "num_classes"),
+    (lambda: tangential_cfg(lambda *a: a[0], 1, NULL_CLASS, float("inf")), "finite"),
+])
+def test_bad_settings_are_refused_with_a_reason(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
