@@ -1,10 +1,11 @@
-"""Benchmarks that print their numbers: ``python -m lessonlib.bench {sampling,quality,cfg,widgets,frontier}``.
+"""Benchmarks that print their numbers: ``python -m lessonlib.bench {sampling,quality,cfg,widgets,frontier,train}``.
 
 ``sampling``: DDPM vs DDIM speed and FID_judge (lesson 02); ``quality``: a diffusion checkpoint (shipped, or an
 ablation's folder) against the data per CFG scale, with issue 17's targets; ``cfg``: the cost of batched classifier-free
 guidance against the conditional pass alone (lesson 07); ``widgets``: uncached and cached slider-panel
 renders (every guidance lesson); ``frontier``: every guidance method and variant on one adherence / FID_judge /
-diversity frontier from the same noise (lesson 09).
+diversity frontier from the same noise (lesson 09); ``train``: training steps per second in fp32 and bf16 and the
+loss each reaches after the same steps (issue 39, :func:`bench_train`).
 
 Each benchmark prints its configuration, the machine, and ratios measured in the same run;
 absolute seconds are context only.
@@ -18,16 +19,22 @@ from pathlib import Path
 import torch
 
 from . import zoo
+from .costs import measured_flops
 from .data import load_dataset, load_mnist
+from .devices import autocast, bf16_support, device
 from .frontier import LESSON_09, LESSON_11, format_frontier, measure_frontier
 from .guidance import batched_cfg, cfg, conditional
 from .metrics import fid_floor, fid_judge, fid_judge_interval, judge_accuracy, judge_manifold_scores
+from .recipes import RECIPES
 from .samplers import sample_images
+from .tasks import TASKS, Context, build_model
 from .timing import per_call_ms
+from .training import fit
 from .types import NULL_CLASS
 from .widgets import SliderPanel, scale_slider
 
-__all__ = ["bench_sampling", "bench_quality", "bench_cfg", "bench_widgets", "main"]
+__all__ = ["bench_sampling", "bench_quality", "bench_cfg", "bench_widgets", "bench_train", "matmul_peak", "step_speed",
+           "equal_steps_loss", "main"]
 
 
 def bench_sampling(*, n: int = 2000, n_ddpm: int = 500, ddim_steps=(10, 25, 50, 100), model: str = "mnist-uncond",
@@ -175,6 +182,149 @@ def bench_widgets(*, n_images: int = 16, steps: int = 25, settings: int = 4) -> 
     return out
 
 
+# ---- train: training speed per precision, and what the speed costs in loss (issue 39) ----------------------
+#
+# For each recipe: milliseconds per AdamW step at the recipe's batch size in fp32, bf16 (autocast, float32 weights)
+# and bf16 with ``channels_last`` (``--compile`` adds bf16 under ``torch.compile``); samples per second; the FLOPs of a
+# step (forward and backward, as FlopCounterMode counts them) per second, as a share of this machine's measured
+# matmul peak in that precision; and the loss each precision reaches after the same number of steps from the same
+# seed, batches and noise, so that speed is not bought with a worse model.
+
+MODES = ("fp32", "bf16", "bf16+channels_last", "bf16+compile")
+DEFAULT_RECIPES = ("mnist-uncond-quick", "mnist-uncond", "mnist-cfg", "cifar10-cfg", "cifar10-judge")
+_DATA: dict[str, object] = {}
+
+
+def matmul_peak(precision: str, *, n: int = 2048, seconds: float = 1.0) -> float:
+    """GFLOP/s of an n x n matmul in fp32 or bf16 on :func:`lessonlib.devices.device`: the machine's practical peak."""
+    dev = device()
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    a, b = (torch.randn(n, n, device=dev, dtype=dtype) for _ in range(2))
+    torch.mm(a, b)
+    calls, start = 0, time.perf_counter()
+    while calls < 3 or time.perf_counter() - start < seconds:
+        torch.mm(a, b)
+        calls += 1
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * calls / (time.perf_counter() - start) / 1e9
+
+
+def _problem(name: str, mode: str):
+    """A fresh model, loss and AdamW for recipe ``name`` set up for ``mode`` (one of MODES), from the recipe's seed."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; available: {', '.join(sorted(RECIPES))}.")
+    recipe = copy.deepcopy(RECIPES[name])
+    torch.manual_seed(recipe.seed)
+    gen = torch.Generator().manual_seed(recipe.seed)
+    ctx = Context(recipe, recipe.noise_schedule(), progress=False)
+    if recipe.dataset not in _DATA:
+        _DATA[recipe.dataset] = load_dataset(recipe.dataset, "train")
+    model = build_model(ctx).to(device())
+    if "channels_last" in mode:
+        model = model.to(memory_format=torch.channels_last)
+    loss_fn = TASKS[recipe.task].loss(ctx, model, _DATA[recipe.dataset], gen)
+    runner = torch.compile(model) if "compile" in mode else model
+    return recipe, model, runner, loss_fn
+
+
+def _stepper(name: str, mode: str):
+    recipe, model, runner, loss_fn = _problem(name, mode)
+    precision = "bf16" if mode.startswith("bf16") else "fp32"
+    dev = device()
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr)
+    count = {"step": 0}
+
+    def step() -> None:
+        with autocast(precision, dev):
+            loss = loss_fn(runner, count["step"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        count["step"] += 1
+
+    def flops() -> int:
+        with autocast(precision, dev):
+            return measured_flops(lambda: loss_fn(model, 0).backward(), grad=True)
+    return recipe, precision, step, flops
+
+
+def step_speed(name: str, modes=MODES[:3], *, steps: int = 20, rounds: int = 3, warmup: int = 3) -> list[dict]:
+    """Seconds per training step of recipe ``name`` in each of ``modes``: ``rounds`` rounds of ``steps`` steps,
+    the modes taking turns (so a slow minute of the machine hits them alike), the best round of each reported;
+    after ``warmup`` steps each (compilation happens there). Also the FLOPs of one step."""
+    if steps < 1 or rounds < 1:
+        raise ValueError(f"steps and rounds must be >= 1, got {steps} and {rounds}.")
+    setups, out = {}, {}
+    for mode in modes:
+        recipe, precision, step, flops = _stepper(name, mode)
+        start = time.perf_counter()
+        for _ in range(warmup):
+            step()
+        setups[mode] = (step, time.perf_counter() - start)
+        out[mode] = {"recipe": name, "mode": mode, "batch": recipe.batch_size, "precision": precision,
+                     "warmup_s": setups[mode][1], "flops_per_step": flops(), "rounds_s": []}
+    for _ in range(rounds):
+        for mode in modes:
+            step = setups[mode][0]
+            start = time.perf_counter()
+            for _ in range(steps):
+                step()
+            if device().type == "cuda":
+                torch.cuda.synchronize()
+            out[mode]["rounds_s"].append((time.perf_counter() - start) / steps)
+    for row in out.values():
+        row["s_per_step"] = min(row["rounds_s"])
+    return list(out.values())
+
+
+def equal_steps_loss(name: str, precision: str, *, steps: int = 200) -> list[float]:
+    """The training losses of ``steps`` steps of recipe ``name`` in ``precision``, from the recipe's seed, with the
+    recipe's learning rate (warm-up shortened to a fifth of the run) and the same batches and noise in each precision."""
+    recipe, model, _, loss_fn = _problem(name, precision)
+    out = fit(model, loss_fn, steps=steps, lr=recipe.lr, weight_decay=recipe.weight_decay,
+              warmup=min(recipe.warmup, steps // 5), progress=False, precision=precision)
+    return out.losses
+
+
+def bench_train(*, recipes=DEFAULT_RECIPES, modes=MODES[:3], steps: int = 15, loss_steps: int = 200) -> list[dict]:
+    """Print the speed table and the equal-steps loss table; returns the speed rows."""
+    dev = device()
+    ok, why = bf16_support(dev)
+    print(f"benchmark: train | best of 3 rounds of {steps} steps per mode (the modes take turns), after 3 warm-up "
+          f"steps, the recipe's batch size | machine: "
+          f"{zoo.machine_summary()} | bf16: {'native' if ok else 'not native'} ({why})", flush=True)
+    peak = {p: matmul_peak(p) for p in ("fp32", "bf16")}
+    print(f"matmul peak (2048 x 2048): fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s "
+          f"({peak['bf16'] / peak['fp32']:.2f}x)", flush=True)
+    print(f"{'recipe':<20} {'batch':>5} {'mode':<20} {'ms/step':>8} {'steps/s':>8} {'samples/s':>9} {'vs fp32':>7} "
+          f"{'GFLOP/s':>8} {'% peak':>6}", flush=True)
+    rows = []
+    for name in recipes:
+        results = step_speed(name, modes, steps=steps)
+        base = results[0]["s_per_step"]
+        for r in results:
+            gflops = r["flops_per_step"] / r["s_per_step"] / 1e9
+            r.update(speedup=base / r["s_per_step"], gflops=gflops, peak_share=gflops / peak[r["precision"]])
+            rows.append(r)
+            print(f"{name:<20} {r['batch']:>5} {r['mode']:<20} {1000 * r['s_per_step']:8.1f} "
+                  f"{1 / r['s_per_step']:8.2f} {r['batch'] / r['s_per_step']:9.0f} {r['speedup']:6.2f}x {gflops:8.1f} "
+                  f"{100 * r['peak_share']:5.1f}%" + (f"  (compile {r['warmup_s']:.0f} s)" if "compile" in r["mode"]
+                                                     else ""), flush=True)
+    if loss_steps:
+        print(f"\nloss after the same {loss_steps} steps, same seed, batches and noise (mean of the last 50 steps):")
+        print(f"{'recipe':<20} {'fp32':>9} {'bf16':>9} {'bf16 - fp32':>12} {'relative':>9}")
+        for name in recipes:
+            mean = {p: sum(v[-50:]) / len(v[-50:]) for p in ("fp32", "bf16")
+                    for v in [equal_steps_loss(name, p, steps=loss_steps)]}
+            diff = mean["bf16"] - mean["fp32"]
+            print(f"{name:<20} {mean['fp32']:9.4f} {mean['bf16']:9.4f} {diff:+12.4f} {diff / mean['fp32']:+8.1%}",
+                  flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lessonlib.bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="bench", required=True)
@@ -202,8 +352,16 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
     f.add_argument("--methods", nargs="+", help="a subset of the methods, or 'lesson-09' (the default), "
                                                  "'lesson-11' or 'all'")
+    tr = sub.add_parser("train", help="training speed in fp32, bf16 and bf16 + channels_last, and equal-steps loss")
+    tr.add_argument("--recipes", nargs="+", default=list(DEFAULT_RECIPES))
+    tr.add_argument("--steps", type=int, default=15, help="timed steps per mode and round (default 15)")
+    tr.add_argument("--loss-steps", type=int, default=200, help="steps behind the equal-steps loss (0 skips it)")
+    tr.add_argument("--compile", action="store_true", help="also time bf16 under torch.compile (slow to compile)")
     args = parser.parse_args(argv)
-    if args.bench == "sampling":
+    if args.bench == "train":
+        bench_train(recipes=args.recipes, modes=MODES if args.compile else MODES[:3], steps=args.steps,
+                    loss_steps=args.loss_steps)
+    elif args.bench == "sampling":
         bench_sampling(n=args.n, n_ddpm=args.n_ddpm, ddim_steps=args.steps, seed=args.seed, model=args.model)
     elif args.bench == "cfg":
         bench_cfg(batches=args.batches)

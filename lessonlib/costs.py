@@ -108,8 +108,9 @@ def measured_softmax_bytes(fn) -> int:
                    for e in prof.key_averages() if "softmax" in e.key))
 
 
-def measured_flops(fn) -> int:
-    """Matmul and convolution FLOPs of ``fn()`` as torch's FlopCounterMode counts them (lesson 10)."""
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+def measured_flops(fn, *, grad: bool = False) -> int:
+    """Matmul and convolution FLOPs of ``fn()`` as torch's FlopCounterMode counts them (lesson 10); ``grad=True``
+    keeps autograd on, so a training step's backward pass is counted too (``bench train``)."""
+    with torch.set_grad_enabled(grad), FlopCounterMode(display=False) as counter:
         fn()
     return int(counter.get_total_flops())

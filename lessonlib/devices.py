@@ -14,6 +14,7 @@ pins; under pytest-xdist the workers share the cores (:func:`thread_cap`).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from typing import Any, Callable, Iterator, TypeVar
@@ -21,7 +22,10 @@ from typing import Any, Callable, Iterator, TypeVar
 import torch
 from torch import Tensor, nn
 
-__all__ = ["device", "setup", "thread_cap", "follows_inputs", "move", "first_tensor"]
+__all__ = ["device", "setup", "thread_cap", "follows_inputs", "move", "first_tensor", "PRECISIONS", "bf16_support",
+           "training_precision", "autocast"]
+
+PRECISIONS = ("fp32", "bf16")  # a recipe's training precision (lessonlib.recipes.Recipe.precision)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -130,3 +134,66 @@ def follows_inputs(method: F) -> F:
 
     return wrapper  # type: ignore[return-value]
 
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def bf16_support(dev: torch.device) -> tuple[bool, str]:
+    """Whether ``dev`` computes bfloat16 natively (so autocast to bf16 is faster, not an emulation), and why.
+
+    CPU: the AVX-512 BF16 or AMX-BF16 instructions (oneDNN uses them; without them bf16 is converted in software
+    and slower than float32). CUDA: ``torch.cuda.is_bf16_supported()`` (Ampere and later). Apple MPS: the course
+    trains in float32 there.
+    """
+    if dev.type == "cpu":
+        native = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+        if native is not None and native():
+            return True, "this CPU has AVX-512 BF16"
+        flags = _cpu_flags()
+        if {"avx512_bf16", "amx_bf16"} & flags:
+            return True, "this CPU has " + " and ".join(sorted({"avx512_bf16", "amx_bf16"} & flags))
+        return False, "this CPU has no AVX-512 BF16 or AMX instructions (bf16 would be emulated, slower than fp32)"
+    if dev.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return True, f"{torch.cuda.get_device_name(dev)} computes bf16"
+        return False, f"{torch.cuda.get_device_name(dev)} has no bf16 arithmetic"
+    return False, f"the course trains in fp32 on {dev.type}"
+
+
+_SAID: set[tuple[str, str]] = set()
+
+
+def training_precision(requested: str, dev: torch.device, *, quiet: bool = False) -> str:
+    """The precision a recipe that asks for ``requested`` trains in on ``dev``: ``"bf16"`` only where the device
+    computes it natively (:func:`bf16_support`), else ``"fp32"``, saying so once per device.
+
+    bf16 means mixed precision: autocast on the forward pass and the loss, float32 master weights, optimizer state
+    and EMA. A recipe that asks for fp32 always gets fp32.
+    """
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {requested!r}.")
+    if requested == "fp32":
+        return "fp32"
+    ok, why = bf16_support(dev)
+    if not ok and not quiet and (requested, dev.type) not in _SAID:
+        _SAID.add((requested, dev.type))
+        print(f"training in fp32, not bf16: {why}")
+    return "bf16" if ok else "fp32"
+
+
+def autocast(precision: str, dev: torch.device):
+    """The context a training step runs its forward pass and loss in: bf16 autocast on ``dev``, or nothing for fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(dev.type, dtype=torch.bfloat16)

@@ -19,6 +19,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -27,6 +28,7 @@ from torch import Tensor, nn
 
 from .captions import measure, random_captions
 from .clip import contrastive_loss
+from .devices import autocast
 from .diffusion import denoising_loss, q_sample
 from .flow import TIME_SAMPLINGS, flow_matching_loss
 from .guidance import batched_predictions
@@ -70,39 +72,94 @@ class EMA:
 
 def fit(model: nn.Module, loss_fn: LossFn, *, steps: int, lr: float,
         weight_decay: float = 0.0, warmup: int = 100, ema_decay: float | None = None,
-        time_limit_s: float | None = None, progress: bool = True, desc: str = "train") -> TrainResult:
+        time_limit_s: float | None = None, progress: bool = True, desc: str = "train",
+        precision: str = "fp32", checkpoint: str | Path | None = None, checkpoint_every_s: float = 300.0,
+        generators: tuple[torch.Generator, ...] = ()) -> TrainResult:
     """Minimise ``loss_fn(model, step)`` with AdamW for ``steps`` steps (lesson 02).
 
     Learning rate: linear warm-up over ``warmup`` steps, then cosine decay to zero at ``steps``.
     Stops early, honestly reported in ``TrainResult.steps``, when ``time_limit_s`` runs out.
+
+    ``precision="bf16"`` runs the forward pass and the loss under bf16 autocast (float32 weights, gradients,
+    optimizer state and EMA: mixed precision, not bf16 weights); see :func:`lessonlib.devices.training_precision`
+    for the device check. ``checkpoint`` names a resume file written every ``checkpoint_every_s`` seconds
+    (weights, EMA, optimizer, schedule, losses, the torch RNG and the state of each of ``generators``, the ones the
+    loss draws batches and noise from): a stopped run started again with the same arguments continues where the
+    file left it, on the same batches and noise, and the file is removed when the run ends.
     """
     if steps < 1 or lr <= 0:
         raise ValueError(f"steps must be >= 1 and lr > 0, got steps={steps}, lr={lr}.")
+    dev = next(model.parameters()).device
+    amp = autocast(precision, dev)  # validates precision
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * s / steps))  # noqa: E731
     lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     ema = EMA(model, ema_decay) if ema_decay else None
-    losses, pending, start = [], [], time.perf_counter()
+    meta = {"steps": steps, "lr": lr, "weight_decay": weight_decay, "warmup": warmup, "ema_decay": ema_decay,
+            "precision": precision}
+    path = Path(checkpoint) if checkpoint is not None else None
+    losses, pending, first, done_s = [], [], 0, 0.0
+    if path is not None and path.exists():
+        first, losses, done_s = _resume(path, meta, model, opt, lr_sched, ema, generators)
+        print(f"{desc}: resumed from {path} at step {first:,} of {steps:,} ({done_s / 60:.1f} min done)")
+    start = last_save = time.perf_counter()
     model.train()
-    bar = progress_bar(range(steps), desc=desc, enabled=progress)
+    bar = progress_bar(range(first, steps), desc=desc, enabled=progress)
     for step in bar:
-        loss = loss_fn(model, step)
+        with amp:
+            loss = loss_fn(model, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         lr_sched.step()
         if ema:
             ema.update(model, step)
-        pending.append(loss.detach())
+        pending.append(loss.detach().float())
         if step % 50 == 0:  # read the losses back every 50 steps: a read per step would stall a GPU every step
             losses += torch.stack(pending).tolist()
             pending.clear()
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
-        if time_limit_s is not None and time.perf_counter() - start > time_limit_s:
+        now = time.perf_counter()
+        if path is not None and now - last_save > checkpoint_every_s and step + 1 < steps:
+            losses += torch.stack(pending).tolist() if pending else []
+            pending.clear()
+            _save_resume(path, meta, step + 1, losses, done_s + now - start, model, opt, lr_sched, ema, generators)
+            last_save = now
+        if time_limit_s is not None and done_s + now - start > time_limit_s:
             break
     losses += torch.stack(pending).tolist() if pending else []
     model.eval()
-    return TrainResult(ema.model if ema else model, losses, time.perf_counter() - start, len(losses))
+    if path is not None and path.exists():
+        path.unlink()
+    return TrainResult(ema.model if ema else model, losses, done_s + time.perf_counter() - start, len(losses))
+
+
+def _save_resume(path: Path, meta: dict, step: int, losses: list[float], seconds: float, model, opt, lr_sched, ema,
+                 generators) -> None:
+    state = {"meta": meta, "step": step, "losses": losses, "seconds": seconds, "model": model.state_dict(),
+             "opt": opt.state_dict(), "lr_sched": lr_sched.state_dict(),
+             "ema": ema.model.state_dict() if ema else None, "torch_rng": torch.get_rng_state(),
+             "generators": [g.get_state() for g in generators]}
+    tmp = path.with_name(path.name + ".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, tmp)
+    tmp.replace(path)  # a run killed while writing leaves the previous file whole
+
+
+def _resume(path: Path, meta: dict, model, opt, lr_sched, ema, generators) -> tuple[int, list[float], float]:
+    state = torch.load(path, map_location=next(model.parameters()).device, weights_only=True)
+    if state["meta"] != meta or len(state["generators"]) != len(generators):
+        raise ValueError(f"the resume file {path} belongs to another run ({state['meta']}, not {meta}); delete it to "
+                         "start this one afresh, or resume with that run's arguments.")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    lr_sched.load_state_dict(state["lr_sched"])
+    if ema:
+        ema.model.load_state_dict(state["ema"])
+    torch.set_rng_state(state["torch_rng"].cpu())
+    for g, g_state in zip(generators, state["generators"]):
+        g.set_state(g_state.cpu())
+    return state["step"], list(state["losses"]), float(state["seconds"])
 
 
 def _check_p_uncond(p_uncond: float) -> None:

@@ -48,7 +48,7 @@ from .progress import progress_bar
 from .schedules import NoiseSchedule
 
 __all__ = ["ARCHITECTURES", "ZooError", "checkpoint_dir", "checkpoint_file", "manifest", "entry",
-           "schedule_for", "load", "save", "sha256_of", "machine_summary"]
+           "schedule_for", "load", "save", "save_dir", "sha256_of", "machine_summary"]
 
 ARCHITECTURES: dict[str, tuple[type[nn.Module], type]] = {
     "UNet": (UNet, UNetConfig),
@@ -164,6 +164,15 @@ def load(name: str, *, directory: Path | None = None, device=None) -> nn.Module:
     return model.to(device or default_device()).eval()
 
 
+def save_dir(directory: Path | None = None) -> Path:
+    """The folder :func:`save` writes to: ``directory``, else ``$LESSONLIB_CHECKPOINTS``, else the shipped zoo in a
+    clone of the repository, else ``<cache>/trained``."""
+    directory = directory or checkpoint_dir()
+    if directory is not None:
+        return Path(directory)
+    return REPO_CHECKPOINTS if REPO_CHECKPOINTS.is_dir() else cache_dir() / "trained"
+
+
 def save(name: str, model: nn.Module, *, info: dict, directory: Path | None = None) -> dict:
     """Write ``<name>.safetensors`` and its manifest entry (arch, config, sha256 and ``info``).
 
@@ -175,10 +184,10 @@ def save(name: str, model: nn.Module, *, info: dict, directory: Path | None = No
         raise ZooError(f"cannot save a {arch}: known architectures are {sorted(ARCHITECTURES)}.")
     directory = directory or checkpoint_dir()
     if directory is None and not REPO_CHECKPOINTS.is_dir():
-        directory = cache_dir() / "trained"
+        directory = save_dir(None)
         print(f"not a clone of the course repository: {name} is saved to {directory} "
               f"(load it with zoo.load({name!r}, directory=...))")
-    files = directory if directory is not None else REPO_CHECKPOINTS
+    files = save_dir(directory)
     files.mkdir(parents=True, exist_ok=True)
     path = files / f"{name}.safetensors"
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
