@@ -27,11 +27,11 @@ from torch import Tensor, nn
 from .captions import ATTRIBUTE_WORDS, AttributeBins, measure
 from .diffusion import q_sample
 from .schedules import NoiseSchedule
-from .stats import auc_interval, matched_indices, mean_interval, proportion_interval
+from .stats import PairedDifference, auc_interval, matched_indices, mean_interval, proportion_interval
 from .transforms import coarse_layout
 
 __all__ = ["energy_distance", "judge_features", "judge_accuracy", "frechet_distance", "fid_judge",
-           "fid_floor", "FidInterval", "fid_judge_interval", "judge_predictions", "diversity",
+           "fid_floor", "FidInterval", "fid_judge_interval", "fid_difference_interval", "judge_predictions", "diversity",
            "class_diversity", "layout_iou", "CLASSIFIER_EVAL_T", "accuracy_by_t", "text_adherence",
            "reference_agreement", "mean_interval", "proportion_interval", "auc_interval", "mean_ink",
            "ManifoldScores", "manifold_scores", "judge_manifold_scores"]
@@ -141,6 +141,27 @@ def fid_judge_interval(judge: nn.Module, samples: Tensor, reference: Tensor, *, 
                          for _ in range(n_boot)])
     fid, half = frechet_distance(fs, fr), z * float(boot.std())
     return FidInterval(fid, max(0.0, fid - half), fid + half, n_boot)
+
+
+def fid_difference_interval(judge: nn.Module, samples_a: Tensor, samples_b: Tensor, reference: Tensor, *,
+                            n_boot: int = 200, z: float = 1.96, seed: int = 0) -> PairedDifference:
+    """FID_judge(a) - FID_judge(b) for two arms sampled from the same noise, with a paired bootstrap 95% interval:
+    each resample draws the same sample indices for both arms (pair i shares its noise) and one reference resample,
+    so what the arms share cancels. The interval is the difference +- z sd of the resampled differences (as in
+    :func:`fid_judge_interval`, the bootstrap's upward bias is in both arms and cancels in the difference)."""
+    if len(samples_a) != len(samples_b):
+        raise ValueError(f"paired arms need the same number of samples, got {len(samples_a)} and {len(samples_b)}.")
+    if n_boot < 10 or not z > 0:
+        raise ValueError(f"need n_boot >= 10 and z > 0, got n_boot={n_boot}, z={z}.")
+    fa, fb, fr = (judge_features(judge, x) for x in (samples_a, samples_b, reference))
+    gen = torch.Generator().manual_seed(seed)
+    diffs = []
+    for _ in range(n_boot):
+        i = torch.randint(0, len(fa), (len(fa),), generator=gen)
+        r = fr[torch.randint(0, len(fr), (len(fr),), generator=gen)]
+        diffs.append(frechet_distance(fa[i], r) - frechet_distance(fb[i], r))
+    diff, half = frechet_distance(fa, fr) - frechet_distance(fb, fr), z * float(torch.tensor(diffs).std())
+    return PairedDifference(diff, diff - half, diff + half, len(fa), "paired bootstrap of FID_judge")
 
 
 def fid_floor(judge: nn.Module, test_images: Tensor, n: int | None = None, *, seed: int = 0,

@@ -6,10 +6,12 @@ Floor 0 of the package: plain tensors in, numbers out. ``metrics`` re-exports th
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
-__all__ = ["mean_interval", "proportion_interval", "auc_interval", "matched_indices"]
+__all__ = ["mean_interval", "proportion_interval", "auc_interval", "matched_indices", "PairedDifference",
+           "paired_difference", "paired_proportion"]
 
 
 def mean_interval(values, z: float = 1.96) -> tuple[float, float]:
@@ -78,3 +80,63 @@ def matched_indices(pool_labels, wanted, *, copies: int = 1, seed: int = 0) -> t
             )
         out[:, slots] = have[torch.randperm(len(have), generator=gen)[:need]].reshape(copies, len(slots))
     return out
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """A difference between two arms measured on the same samples (same noise, same labels), first minus second,
+    with its 95% interval; ``n`` pairs. Call a difference only when the interval excludes 0."""
+
+    diff: float
+    lo: float
+    hi: float
+    n: int
+    method: str
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.lo > 0 or self.hi < 0
+
+    def verdict(self, first: str = "first", second: str = "second", *, lower_is_better: bool = False) -> str:
+        """'FIRST higher' / 'SECOND higher' (or 'better' with ``lower_is_better``), or 'not separable at this N'."""
+        if not self.excludes_zero:
+            return f"not separable at N = {self.n}"
+        if lower_is_better:
+            return f"{first if self.diff < 0 else second} better"
+        return f"{first if self.diff > 0 else second} higher"
+
+    def __format__(self, spec: str) -> str:
+        number = spec or ".3f"
+        return f"{self.diff:+{number}} [{self.lo:+{number}}, {self.hi:+{number}}]"
+
+
+def paired_difference(a, b, z: float = 1.96) -> PairedDifference:
+    """Mean of a - b over paired values (sample i of both arms shares its noise and label) and the normal 95%
+    interval of that mean: z sd(a - b) / sqrt(n). Pairing removes what the two arms share, so the interval is
+    narrower than two unpaired intervals whenever the arms are correlated."""
+    a = torch.as_tensor(a, dtype=torch.float64).reshape(-1)
+    b = torch.as_tensor(b, dtype=torch.float64).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"paired values need the same count, got {len(a)} and {len(b)}.")
+    mean, half = mean_interval(a - b, z)
+    return PairedDifference(mean, mean - half, mean + half, len(a), "paired mean")
+
+
+def paired_proportion(a_hits, b_hits, z: float = 1.96) -> PairedDifference:
+    """Difference of two hit rates measured on the same samples (adherence of arm a minus arm b), with the
+    interval of the paired (McNemar) difference: only the discordant pairs carry information.
+
+    With b01 the pairs a misses and b hits and b10 the reverse, the difference is (b10 - b01) / n with standard
+    error sqrt(b10 + b01 - (b10 - b01)^2 / n) / n (Agresti, *Categorical Data Analysis*, 10.1).
+    """
+    a = torch.as_tensor(a_hits).reshape(-1)
+    b = torch.as_tensor(b_hits).reshape(-1)
+    if a.shape != b.shape or len(a) < 2:
+        raise ValueError(f"paired hits need the same count (at least 2), got {len(a)} and {len(b)}.")
+    if not (((a == 0) | (a == 1)).all() and ((b == 0) | (b == 1)).all()):
+        raise ValueError("hits must be 0/1 (or booleans), one per sample.")
+    a, b, n = a.bool(), b.bool(), len(a)
+    b10, b01 = int((a & ~b).sum()), int((~a & b).sum())
+    diff = (b10 - b01) / n
+    half = z * math.sqrt(max(b10 + b01 - (b10 - b01) ** 2 / n, 0.0)) / n
+    return PairedDifference(diff, diff - half, diff + half, n, "paired proportion (McNemar)")
