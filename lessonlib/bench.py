@@ -13,6 +13,7 @@ absolute seconds are context only.
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 from pathlib import Path
 
