@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lessonlib"
-COMMAND_LINES = {"lessonlib.bench", "lessonlib.train", "lessonlib.run_all", "lessonlib.publish"}
+COMMAND_LINES = {"lessonlib.bench", "lessonlib.train", "lessonlib.run_all", "lessonlib.publish", "lessonlib.site"}
 MAX_FLOOR = 5
 
 
