@@ -120,3 +120,14 @@ def test_manifest_recipes_without_a_precision_read_as_fp32():
     old = asdict(RECIPES["mnist-judge"])
     old.pop("precision")
     assert Recipe.from_dict(old).precision == "fp32"
+
+
+def test_bench_train_times_each_mode_and_counts_a_steps_flops():
+    from lessonlib.bench import step_speed
+    rows = step_speed("mnist-judge", ("fp32", "bf16"), steps=1, rounds=2, warmup=1)
+    assert [r["mode"] for r in rows] == ["fp32", "bf16"] and [r["precision"] for r in rows] == ["fp32", "bf16"]
+    assert all(r["s_per_step"] == min(r["rounds_s"]) > 0 and len(r["rounds_s"]) == 2 for r in rows)
+    # forward + backward of the judge CNN on a batch of 128: millions of FLOPs, the same count in both precisions
+    assert rows[0]["flops_per_step"] > 1e8 and rows[0]["flops_per_step"] == rows[1]["flops_per_step"]
+    with pytest.raises(ValueError, match="mode must be one of"):
+        step_speed("mnist-judge", ("fp16",), steps=1)
