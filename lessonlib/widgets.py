@@ -16,6 +16,7 @@ from collections import OrderedDict
 from typing import Any, Callable
 
 import ipywidgets as W
+import torch
 from IPython.display import display
 
 from .metrics import judge_predictions
@@ -67,12 +68,14 @@ def log_scale_slider(value: float = 100.0, *, min: float = 1.0, max: float = 100
                             readout_format=".3g")
 
 
-def frame_caption(judge, images, label: int, *, where: str = "", **numbers) -> str:
+def frame_caption(judge, images, label, *, where: str = "", **numbers) -> str:
     """The line under a recorded frame (:meth:`SliderPanel.record`): how many of its images the judge reads as
-    ``label``, then ``where`` and the measured ``numbers`` for that setting (floats to 3 decimals; intervals, such
+    ``label`` (one class, or one per image), then ``where`` and the measured ``numbers`` for that setting (floats to 3 decimals; intervals, such
     as an FidInterval, as they format themselves)."""
-    hits = int((judge_predictions(judge, images) == label).sum())
-    text = f"judge: {hits}/{len(images)} of these are {label}s"
+    wanted = torch.as_tensor(label).reshape(-1)
+    hits = int((judge_predictions(judge, images) == wanted).sum())
+    asked = f"{int(wanted)}s" if len(wanted) == 1 else "the class asked for"
+    text = f"judge: {hits}/{len(images)} of these are {asked}"
     if numbers:
         shown = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v:.2f}" for k, v in numbers.items())
         text += f" | {where + ': ' if where else ''}{shown}"
