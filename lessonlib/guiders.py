@@ -22,6 +22,9 @@ diffusers' guider and to these and checks they agree to float tolerance (``pytes
 |                                      | (``space="eps"``)                      | form; diffusers' default is u + s(...)       |
 | (not in diffusers) ICG               | :func:`independent_condition`          | CFG with a random condition as u             |
 
+:func:`perturbation_guidance` is PAG, SEG or SLG as an eps-function on the course's U-Net: the perturbed branch
+comes from :func:`lessonlib.nets.perturb.perturbed` (identity attention, blurred queries, skipped layers).
+
 Guiders switch on for part of sampling with diffusers' rule :func:`in_window`: step k of n guides when
 ``int(start n) <= k < int(stop n)``.
 """
@@ -33,12 +36,13 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from .guidance import batched_predictions, check_scale, combine
+from .guidance import batched_predictions, check_scale, combine, conditional
+from .nets.perturb import perturbed
 from .types import EpsFn
 from .variants import rescaled
 
 __all__ = ["cfg_rule", "tangential_rule", "tangential_part", "magnitude_aware_rule", "perturbed_rule", "stack_rule",
-           "in_window", "tangential_cfg", "magnitude_aware", "independent_condition"]
+           "in_window", "tangential_cfg", "magnitude_aware", "independent_condition", "perturbation_guidance"]
 
 
 def _same_shape(*tensors: Tensor) -> None:
@@ -181,5 +185,33 @@ def independent_condition(model: Callable, labels: Tensor, scale: float, *, num_
         random = torch.randint(0, num_classes, (x.shape[0],), generator=generator).to(y.device)
         u, c = batched_predictions(model, [random, y])(x, t)
         return combine(u, [(c, scale)])
+
+    return eps_fn
+
+
+def perturbation_guidance(model: Callable, cond: Any, null_cond: Any, scale: float, perturbed_scale: float, *,
+                          layers: Sequence[int | str] | str = "all", kind: str = "identity",
+                          sigma: float = 2.0) -> EpsFn:
+    """PAG (``kind="identity"``), SEG (``"blur"``, with ``sigma``) or SLG (``"skip"``) with CFG, as an eps-function:
+    :func:`perturbed_rule` on the conditional, unconditional and perturbed-conditional predictions of one U-Net.
+
+    Cost per step: one batched pass for c and u (none for u when ``scale`` is 1), plus one pass of the perturbed
+    model, which cannot share a batch with the others (the perturbation acts on the whole network).
+    ``perturbed_scale`` 1 is plain CFG.
+    """
+    scale, perturbed_scale = check_scale(scale), check_scale(perturbed_scale, "perturbed_scale")
+    with perturbed(model, layers, kind, sigma=sigma):  # refuses bad layers, kinds and sigmas now, not mid-sampling
+        pass
+    pair = batched_predictions(model, [null_cond, cond])
+    alone = conditional(model, cond)
+
+    def eps_fn(x: Tensor, t: Tensor) -> Tensor:
+        if scale == 1:
+            c, u = alone(x, t), None
+        else:
+            u, c = pair(x, t)
+        with perturbed(model, layers, kind, sigma=sigma):
+            p = alone(x, t)
+        return perturbed_rule(c, u, p, scale, perturbed_scale)
 
     return eps_fn

@@ -30,7 +30,7 @@ from .config import resolve_config
 from .embedding import TimeMLP
 
 __all__ = ["UNetConfig", "UNet", "ResBlock", "SelfAttention", "CrossAttention", "INJECTIONS", "PREDICTIONS", "zero_init",
-           "modulate", "describe_unet"]
+           "modulate", "describe_unet", "blur_positions"]
 
 INJECTIONS = ("film", "concat", "adaln_zero")
 # what the network outputs: eps; a flow-matching velocity (float t in [0, 1], lesson 12); or v = sqrt(abar) eps -
@@ -126,18 +126,48 @@ class ResBlock(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Single-head self-attention over the H*W positions, residual, output projection zero-initialised."""
+    """Single-head self-attention over the H*W positions, residual, output projection zero-initialised.
+
+    ``perturbation`` (None by default; set only through :func:`lessonlib.nets.perturb.perturbed`) makes the layer
+    the "bad" branch of a perturbation guider: ``("identity",)`` attends each position to itself only (PAG),
+    ``("blur", sigma)`` blurs the queries over the H x W grid (SEG), ``("skip",)`` leaves the layer out (SLG).
+    """
 
     def __init__(self, ch: int, *, groups: int):
         super().__init__()
         self.norm, self.qkv, self.out = nn.GroupNorm(groups, ch), nn.Conv2d(ch, 3 * ch, 1), nn.Conv2d(ch, ch, 1)
         zero_init(self.out)
+        self.perturbation: tuple | None = None
 
     def forward(self, x: Tensor) -> Tensor:
+        kind = self.perturbation[0] if self.perturbation else None
+        if kind == "skip":
+            return x
         b, c, h, w = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).transpose(-1, -2).unbind(1)
-        y = F.scaled_dot_product_attention(q, k, v)  # (B, HW, C)
+        if kind == "identity":  # softmax(Q K^T) replaced by the identity matrix: every position keeps its own value
+            y = v
+        else:
+            if kind == "blur":
+                q = blur_positions(q, h, w, self.perturbation[1])
+            y = F.scaled_dot_product_attention(q, k, v)  # (B, HW, C)
         return x + self.out(y.transpose(-1, -2).reshape(b, c, h, w))
+
+
+def blur_positions(q: Tensor, h: int, w: int, sigma: float) -> Tensor:
+    """(B, H*W, C) features blurred over the H x W grid by a Gaussian of std ``sigma`` positions (reflected at the
+    edges); ``sigma=inf`` gives every position the mean (SEG's infinite blur, a uniform attention)."""
+    if sigma == float("inf"):
+        return q.mean(1, keepdim=True).expand_as(q)
+    radius = max(1, min(int(3 * sigma + 0.5), h - 1, w - 1))
+    offsets = torch.arange(-radius, radius + 1, dtype=q.dtype, device=q.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    b, _, c = q.shape
+    grid = q.transpose(1, 2).reshape(b * c, 1, h, w)
+    grid = F.conv2d(F.pad(grid, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
+    grid = F.conv2d(F.pad(grid, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
+    return grid.reshape(b, c, h * w).transpose(1, 2)
 
 
 class CrossAttention(nn.Module):
