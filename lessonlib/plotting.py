@@ -9,7 +9,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-__all__ = ["image_grid", "show_images", "scatter_classes", "density_contours", "to_png"]
+from .stats import PairedDifference
+
+__all__ = ["image_grid", "show_images", "scatter_classes", "density_contours", "to_png", "forest"]
 
 CLASS_COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple",
                 "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan"]
@@ -84,3 +86,29 @@ def to_png(obj, *, upscale: int = 1, nrow: int | None = None) -> bytes:
         Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(buf, format="PNG")
         return buf.getvalue()
     raise TypeError(f"to_png takes a matplotlib Figure or an image tensor, got {type(obj).__name__}.")
+
+
+def forest(ax, rows, *, xlabel: str, title: str | None = None, better: str | None = None):
+    """A forest plot: one row per arm, its paired difference from the baseline with the 95% interval, a line at 0.
+
+    ``rows`` is a sequence of (label, :class:`~lessonlib.stats.PairedDifference`). A filled marker is a difference
+    whose interval excludes 0 (callable at this N), a hollow one is not; ``better`` ("left" or "right") labels the
+    side that is better. Readable in greyscale: the fill, not a colour, carries the verdict.
+    """
+    if not rows:
+        raise ValueError("give at least one (label, PairedDifference) row.")
+    if better not in (None, "left", "right"):
+        raise ValueError(f"better must be 'left', 'right' or None, got {better!r}.")
+    for k, (label, d) in enumerate(rows):
+        if not isinstance(d, PairedDifference):
+            raise ValueError(f"row {label!r}: expected a PairedDifference, got a {type(d).__name__}.")
+        y = len(rows) - 1 - k
+        ax.plot([d.lo, d.hi], [y, y], color="k", lw=1.5)
+        ax.plot([d.diff], [y], "o", ms=7, mec="k", mfc="k" if d.excludes_zero else "white")
+    ax.axvline(0, color="0.5", ls="--", lw=1)
+    ax.set_yticks(range(len(rows)), [label for label, _ in rows][::-1])
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    if better:
+        xlabel = f"{xlabel}  ({'<- better' if better == 'left' else 'better ->'})"
+    ax.set(xlabel=xlabel, title=title)
+    return ax

@@ -34,6 +34,7 @@ import torch
 from . import __version__
 from .manifest import entry, machine_summary
 from .metrics import FidInterval, ManifoldScores
+from .stats import PairedDifference
 
 __all__ = ["RESULTS_DIR", "StaleResult", "Picture", "get", "load", "save", "encode", "decode", "recompute_requested",
            "check"]
@@ -83,6 +84,8 @@ def encode(value: Any, tensors: dict[str, np.ndarray]) -> Any:
         return {"__fid__": [value.fid, value.lo, value.hi, value.n_boot]}
     if isinstance(value, ManifoldScores):
         return {"__manifold__": {k: getattr(value, k) for k in value.__dataclass_fields__}}
+    if isinstance(value, PairedDifference):
+        return {"__paired__": {k: getattr(value, k) for k in value.__dataclass_fields__}}
     if isinstance(value, dict):
         return {"__items__": [[encode(k, tensors), encode(v, tensors)] for k, v in value.items()]}
     if isinstance(value, tuple):
@@ -96,7 +99,7 @@ def encode(value: Any, tensors: dict[str, np.ndarray]) -> Any:
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
     raise TypeError(f"cannot store a {type(value).__name__}: return numbers, strings, tensors, lists, tuples, dicts, "
-                    "FidInterval, ManifoldScores or Picture from the computation (convert other objects first).")
+                    "FidInterval, ManifoldScores, PairedDifference or Picture from the computation (convert other objects first).")
 
 
 def decode(value: Any, tensors: dict[str, np.ndarray]) -> Any:
@@ -114,6 +117,8 @@ def decode(value: Any, tensors: dict[str, np.ndarray]) -> Any:
         return FidInterval(fid, lo, hi, n_boot)
     if "__manifold__" in value:
         return ManifoldScores(**value["__manifold__"])
+    if "__paired__" in value:
+        return PairedDifference(**value["__paired__"])
     if "__items__" in value:
         return {_hashable(decode(k, tensors)): decode(v, tensors) for k, v in value["__items__"]}
     if "__tuple__" in value:

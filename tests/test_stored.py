@@ -9,16 +9,17 @@ from lessonlib import stored, zoo
 from lessonlib.metrics import FidInterval, ManifoldScores
 from lessonlib.nets.unet import UNet
 from lessonlib.paths import REPO_ROOT
+from lessonlib.stats import PairedDifference
 
 
 def test_encode_decode_keeps_keys_types_intervals_and_tensors():
     value = {0.5: {"ci": FidInterval(1.5, 0.2, 2.8, 100), "x": torch.arange(6.0).reshape(2, 3)},
              ("clean", 4.0): [1, "a", None, True, float("inf")],
-             "pr": ManifoldScores(0.9, 0.8, 1.1, 0.7, 5)}
+             "pr": ManifoldScores(0.9, 0.8, 1.1, 0.7, 5), "d": PairedDifference(-0.5, -0.7, -0.3, 200, "paired")}
     tensors = {}
     text = json.dumps(stored.encode(value, tensors))
     back = stored.decode(json.loads(text), tensors)
-    assert set(back) == {0.5, ("clean", 4.0), "pr"}
+    assert set(back) == {0.5, ("clean", 4.0), "pr", "d"} and back["d"] == value["d"]
     assert back[0.5]["ci"] == value[0.5]["ci"] and torch.equal(back[0.5]["x"], value[0.5]["x"])
     assert back["clean", 4.0] == value["clean", 4.0] and back["pr"] == value["pr"]
 
