@@ -80,3 +80,24 @@ def test_fid_difference_interval_is_paired_and_calls_only_real_differences():
     assert flipped.diff == pytest.approx(-worse.diff)
     with pytest.raises(ValueError, match="same number"):
         fid_difference_interval(judge, a, b[:-1], ref)
+
+
+def test_forest_fills_only_the_differences_this_n_can_call():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lessonlib.plotting import forest
+    from lessonlib.stats import PairedDifference
+    rows = [("called", PairedDifference(0.5, 0.2, 0.8, 100, "t")), ("tie", PairedDifference(0.1, -0.2, 0.4, 100, "t"))]
+    fig, ax = plt.subplots()
+    forest(ax, rows, xlabel="difference", better="left")
+    markers = [line for line in ax.lines if line.get_marker() == "o"]
+    assert [m.get_markerfacecolor() for m in markers] == ["k", "white"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["tie", "called"]  # first row on top
+    assert "better" in ax.get_xlabel()
+    with pytest.raises(ValueError, match="PairedDifference"):
+        forest(ax, [("x", (0.1, 0.0, 0.2))], xlabel="d")
+    with pytest.raises(ValueError, match="better"):
+        forest(ax, rows, xlabel="d", better="up")
+    plt.close(fig)
