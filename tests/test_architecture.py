@@ -5,6 +5,7 @@ that imports no other lessonlib module is on floor 0, any other sits one floor a
 imports. The package's ``__init__`` (``lessonlib.device``) is left out: it imports nothing from lessonlib.
 """
 import ast
+import json
 from functools import cache
 from pathlib import Path
 
@@ -83,3 +84,29 @@ def test_the_abstractions_are_named_once():
             targets = {t.id for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Assign)
                        for t in n.targets if isinstance(t, ast.Name)}
             assert not targets & {"EpsFn", "GradFn", "CondModel", "NULL_CLASS"}, name
+
+
+MAX_MODULE_LINES = 500
+MAX_LESSON_LINE = 120
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def test_no_module_is_over_five_hundred_lines():
+    long = {name: n for name, p in MODULES.items() if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert not long, f"split these modules: {long}"
+
+
+def test_the_exact_toy_imports_only_the_floor_below_it():
+    """lesson 01's toy is the course's mathematical floor: no training loop, no variants, no networks."""
+    assert _imports("lessonlib.toy", top_level_only=False) <= {
+        "lessonlib.schedules", "lessonlib.diffusion", "lessonlib.types"}
+
+
+def test_no_lesson_code_line_is_over_120_characters():
+    long = []
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        for i, cell in enumerate(json.loads(path.read_text())["cells"]):
+            if cell["cell_type"] == "code":
+                long += [f"{path.name} cell {i}: {len(line)}" for line in "".join(cell["source"]).splitlines()
+                         if len(line) > MAX_LESSON_LINE]
+    assert not long, f"wrap these lines: {long}"
