@@ -187,7 +187,7 @@ def bench_widgets(*, n_images: int = 16, steps: int = 25, settings: int = 4) -> 
 #
 # For each recipe: milliseconds per AdamW step at the recipe's batch size in fp32, bf16 (autocast, float32 weights)
 # and bf16 with ``channels_last`` (``--compile`` adds bf16 under ``torch.compile``); samples per second; the FLOPs of a
-# step (forward and backward, as FlopCounterMode counts them) per second, as a share of this machine's measured
+# step (forward and backward, with the FLOP formulas of FlopCounterMode) per second, as a share of this machine's measured
 # matmul peak in that precision; and the loss each precision reaches after the same number of steps from the same
 # seed, batches and noise, so that speed is not bought with a worse model.
 

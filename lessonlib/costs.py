@@ -1,4 +1,14 @@
-"""What attention costs: the lecture's formulas, and the same numbers measured (lessons 08, 10).
+"""What guidance and attention cost: network passes and FLOPs counted, the lecture's formulas, and the same
+numbers measured (lessons 04, 06, 07, 08, 09, 10).
+
+**Guidance** (lessons 04, 06, 07, 09): :func:`step_cost` runs one eps-function call and counts, per sample, the
+forward and backward passes through each named network (forward hooks; a backward pass is a gradient reaching
+the network's output) and the matmul and convolution FLOPs of the whole call, backward included;
+:func:`guidance_costs` does it for the course's guidance methods on its shipped MNIST models, with wall time
+beside it (interleaved rounds, so the spread shows the machine's noise), and :func:`format_costs` prints the
+table every guidance lesson shows.
+
+**Attention** (lessons 08, 10):
 
 For N = H * W image positions with C channels, batch B, and (cross-attention) L text tokens of width D:
 
@@ -11,24 +21,33 @@ For N = H * W image positions with C channels, batch B, and (cross-attention) L 
 Self-attention grows with N^2 (the resolution to the fourth power); cross-attention only with N L; FiLM not
 with the resolution at all (its per-pixel scale and shift are element-wise, not multiply-adds of a matmul).
 :func:`measured_softmax_bytes` reads the bytes the softmax actually allocates from torch's profiler, and
-:func:`measured_flops` counts matmul and convolution FLOPs with torch's FlopCounterMode.
+:func:`measured_flops` counts matmul and convolution FLOPs with torch's per-op FLOP formulas (those FlopCounterMode uses).
 """
 from __future__ import annotations
 
 import os
+import statistics
 import sys
+import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
+from . import zoo
+from .guidance import batched_cfg, cfg, classifier_grad, clip_grad, conditional, grad_guidance, noisy_clip_grad
 from .nets.unet import CrossAttention, SelfAttention
+from .timing import _synchronize
+from .types import NULL_CLASS
+from .variants import cfg_variant
 
-__all__ = ["AttentionCost", "attention_cost", "film_flops", "unet_attention_costs", "measured_softmax_bytes",
-           "measured_flops"]
+__all__ = ["StepCost", "step_cost", "guidance_costs", "format_costs", "GUIDANCE_METHODS", "AttentionCost",
+           "attention_cost", "film_flops", "unet_attention_costs", "measured_softmax_bytes", "measured_flops"]
 
 
 @dataclass
@@ -108,9 +127,180 @@ def measured_softmax_bytes(fn) -> int:
                    for e in prof.key_averages() if "softmax" in e.key))
 
 
+class _FlopCount(TorchDispatchMode):
+    """Adds up the FLOPs of every op torch's flop counter knows (matmuls, convolutions, attention), forward and
+    backward. Unlike FlopCounterMode it tracks no module hierarchy, whose hooks cannot run inside
+    ``torch.autograd.grad`` on a leaf input (a guidance direction's gradient)."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        count = flop_registry.get(func._overloadpacket)
+        if count is not None:
+            self.total += count(*args, **kwargs, out_val=out)
+        return out
+
+
 def measured_flops(fn, *, grad: bool = False) -> int:
-    """Matmul and convolution FLOPs of ``fn()`` as torch's FlopCounterMode counts them (lesson 10); ``grad=True``
-    keeps autograd on, so a training step's backward pass is counted too (``bench train``)."""
-    with torch.set_grad_enabled(grad), FlopCounterMode(display=False) as counter:
+    """Matmul and convolution FLOPs of ``fn()`` with torch's own per-op FLOP formulas (lesson 10), backward passes
+    included; ``grad=True`` keeps autograd on, so a training step's backward pass is counted too (``bench train``);
+    a gradient that ``fn`` takes itself (guidance) is counted either way."""
+    with torch.set_grad_enabled(grad), _FlopCount() as counter:
         fn()
-    return int(counter.get_total_flops())
+    return int(counter.total)
+
+
+@dataclass
+class StepCost:
+    """What one call of an eps-function (one sampling step) costs per sample.
+
+    ``forward`` and ``backward``: passes per sample through each named network (a batched pass over 2B rows for
+    a batch of B counts 2); ``flops``: matmul and convolution FLOPs per sample, backward passes included;
+    ``ms``: wall-clock milliseconds per sample and step, one value per timing round (empty when not timed).
+    """
+
+    method: str
+    forward: dict[str, float]
+    backward: dict[str, float]
+    flops: float
+    ms: list[float] = field(default_factory=list)
+
+    @property
+    def passes(self) -> str:
+        """The passes in words, e.g. ``"U-Net 1 fwd; classifier 1 fwd + 1 bwd"``."""
+        parts = []
+        for name, n in self.forward.items():
+            if n or self.backward.get(name):
+                back = self.backward.get(name, 0)
+                parts.append(f"{name} {n:g} fwd" + (f" + {back:g} bwd" if back else ""))
+        return "; ".join(parts)
+
+
+def step_cost(eps_fn: Callable, x: torch.Tensor, t: torch.Tensor, networks: dict[str, nn.Module], *,
+              method: str = "") -> StepCost:
+    """Call ``eps_fn(x, t)`` once, outside autograd as a sampler does, and count its passes and FLOPs per sample.
+
+    ``networks`` names the modules to count (``{"U-Net": unet, "classifier": clf}``); each must be called through
+    its ``forward``. A gradient that reaches a network's output during the call (``torch.autograd.grad`` inside a
+    guidance direction) counts as one backward pass over the rows it covers.
+    """
+    if not networks:
+        raise ValueError("name at least one network to count, e.g. networks={'U-Net': unet}.")
+    for name, net in networks.items():
+        if not isinstance(net, nn.Module):
+            raise TypeError(f"networks[{name!r}] must be an nn.Module (the one whose forward runs), "
+                            f"got {type(net).__name__}.")
+    batch = x.shape[0]
+    forward = {name: 0.0 for name in networks}
+    backward = {name: 0.0 for name in networks}
+
+    def hook_for(name):
+        def hook(_module, args, out):
+            rows = args[0].shape[0]
+            forward[name] += rows / batch
+            if isinstance(out, torch.Tensor) and out.requires_grad:
+                out.register_hook(lambda g: backward.__setitem__(name, backward[name] + g.shape[0] / batch))
+        return hook
+
+    handles = [net.register_forward_hook(hook_for(name)) for name, net in networks.items()]
+    try:
+        flops = measured_flops(lambda: eps_fn(x, t))
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not any(forward.values()):
+        raise ValueError(f"none of the networks {sorted(networks)} ran during eps_fn(x, t): name the modules it "
+                         "calls (for a CLIP, its image tower, e.g. clip.model.visual).")
+    return StepCost(method, forward, backward, flops / batch)
+
+
+#: the guidance methods :func:`guidance_costs` measures, and the lessons that teach them
+GUIDANCE_METHODS = {
+    "unguided": "02",
+    "classifier guidance": "04",
+    "CLIP guidance, noise-aware tower": "06",
+    "CLIP guidance, clean tower on x0_hat": "06",
+    "CFG, two passes": "07",
+    "CFG, one batched pass": "07",
+    "CFG, perpendicular part (APG)": "09",
+}
+
+
+def guidance_costs(*, batch: int = 16, rounds: int = 5, t: int = 500, device=None) -> list[StepCost]:
+    """Passes, FLOPs and wall time per sample and step of every method in :data:`GUIDANCE_METHODS`, each on the
+    shipped MNIST checkpoints it uses (mnist-uncond with mnist-noisy-classifier, mnist-clip-noisy or mnist-clip;
+    mnist-cfg for CFG). Wall time: ``rounds`` rounds, each timing every method once in a rotated order, so a
+    slow moment of a busy machine falls on all of them; ``rounds=0`` counts without timing."""
+    if batch < 1 or rounds < 0:
+        raise ValueError(f"batch must be >= 1 and rounds >= 0, got {batch} and {rounds}.")
+    unet, cfg_net = zoo.load("mnist-uncond", device=device), zoo.load("mnist-cfg", device=device)
+    classifier = zoo.load("mnist-noisy-classifier", device=device)
+    clip, noisy_clip = zoo.load("mnist-clip", device=device), zoo.load("mnist-clip-noisy", device=device)
+    schedule = zoo.schedule_for("mnist-uncond")
+    dev = next(unet.parameters()).device
+    x = torch.randn(batch, 1, 28, 28, generator=torch.Generator().manual_seed(0)).to(dev)
+    tt = torch.full((batch,), t, device=dev)
+    y = torch.arange(batch, device=dev) % 10
+    with torch.no_grad():
+        text = clip.encode_text("a seven")[0]
+
+    def eps(x, t):
+        return unet(x, t)
+
+    methods = {
+        "unguided": (eps, {"U-Net": unet}),
+        "classifier guidance": (grad_guidance(eps, schedule, classifier_grad(classifier, y), 2.0),
+                                {"U-Net": unet, "classifier": classifier}),
+        "CLIP guidance, noise-aware tower": (grad_guidance(eps, schedule, noisy_clip_grad(noisy_clip, text), 100.0),
+                                             {"U-Net": unet, "noise-aware CLIP": noisy_clip}),
+        "CLIP guidance, clean tower on x0_hat": (
+            grad_guidance(eps, schedule, clip_grad(clip.encode_image, text, eps_fn=eps, schedule=schedule), 100.0),
+            {"U-Net": unet, "CLIP image tower": clip.model.visual}),
+        "CFG, two passes": (cfg(conditional(cfg_net, y), conditional(cfg_net, NULL_CLASS), 3.0), {"U-Net": cfg_net}),
+        "CFG, one batched pass": (batched_cfg(cfg_net, y, NULL_CLASS, 3.0), {"U-Net": cfg_net}),
+        "CFG, perpendicular part (APG)": (cfg_variant(cfg_net, y, NULL_CLASS, 3.0, schedule=schedule, parallel=0.0),
+                                          {"U-Net": cfg_net}),
+    }
+    costs = {name: step_cost(fn, x, tt, nets, method=name) for name, (fn, nets) in methods.items()}
+    names = list(methods)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn = methods[name][0]
+            if r == 0:
+                fn(x, tt)  # warm-up
+            _synchronize()
+            start = time.perf_counter()
+            fn(x, tt)
+            _synchronize()
+            costs[name].ms.append(1000 * (time.perf_counter() - start) / batch)
+    return list(costs.values())
+
+
+def format_costs(costs: list[StepCost], *, highlight=(), base: str = "unguided") -> str:
+    """The cost table: passes, MFLOP per sample and step and their ratio to ``base``, and wall time (median and
+    range over the rounds) with its ratio, each round's ratio taken within the round. Rows in ``highlight``
+    (method names) are marked with an arrow."""
+    by_name = {c.method: c for c in costs}
+    if base not in by_name:
+        raise ValueError(f"base {base!r} is not among the measured methods {sorted(by_name)}.")
+    unknown = set(highlight) - set(by_name)
+    if unknown:
+        raise ValueError(f"highlight names methods that were not measured: {sorted(unknown)}.")
+    ref = by_name[base]
+    name_w = max(len(c.method) for c in costs)
+    passes_w = max(len(c.passes) for c in costs)
+    lines = [f"{'':{name_w + 5}}{'passes per sample and step':{passes_w}}  {'MFLOP':>7} {'x ' + base:>11}"
+             + (f"  ms per sample and step [range]  x {base} [range]" if ref.ms else "")]
+    for c in costs:
+        mark = "-> " if c.method in highlight else "   "
+        line = f"{mark}{c.method:{name_w}}  {c.passes:{passes_w}}  {c.flops / 1e6:7.1f} {c.flops / ref.flops:11.2f}"
+        if c.ms and ref.ms:
+            ratios = [m / b for m, b in zip(c.ms, ref.ms)]
+            line += (f"  {statistics.median(c.ms):6.2f} [{min(c.ms):.2f}, {max(c.ms):.2f}]"
+                     f"{'':>9}{statistics.median(ratios):5.2f} [{min(ratios):.2f}, {max(ratios):.2f}]")
+        lines.append(line)
+    return "\n".join(lines)
