@@ -7,13 +7,17 @@
 | ---------------------- | ----------------------------------------------------------------- | ------------ | ------------------------------ |
 | ``parallel=eta``       | keep eta of the part of d = c - u parallel to c (eta = 0: only     | 1.0          | Sadat et al. 2024 (APG)        |
 |                        | the perpendicular part); ``space`` "eps" or "x0" (c, u = x0_hat)   |              |                                |
+| ``along="uncond"``     | take that part along u instead of c: Perp-CFG as seed 001         | "cond"       | Sanchez et al. 2023, as seed   |
+|                        | describes it, the guidance perpendicular to the unconditional     |              | 001 cites it                   |
+|                        | prediction scaled, the parallel part kept at weight 1             |              |                                |
 | ``rescale=phi``        | blend phi of the guided x0_hat rescaled to the std of the          | 0.0          | Lin et al. 2024                |
 |                        | conditional x0_hat (per sample)                                   |              |                                |
 | ``interval=(lo, hi)``  | guide only for lo <= t <= hi; plain conditional (s = 1) elsewhere  | None         | Kynkaanniemi et al. 2024       |
 | ``scale_schedule``     | "constant", or "linear": s_t = 2 s (1 - t / (T - 1)), growing as   | "constant"   | Wang et al. 2024               |
 |                        | sampling proceeds, with the same mean over t as s                 |              |                                |
 
-The guided prediction is written c + (s_t - 1)(d_perp + eta d_par), which is u + s_t d at eta = 1.
+The guided prediction is written c + (s_t - 1)(d_perp + eta d_par), which is u + s_t d at eta = 1. At eta = 0 it is
+u + d_par + s_t d_perp: only the perpendicular part is scaled, whichever vector (c or u) the projection is along.
 
 :func:`cfg_zero_star` (Fan et al. 2025, lesson 12) works on eps- and velocity models alike: it scales the
 unconditional prediction by s* = <c, u> / |u|^2 (per sample) before guiding, s* u + s (c - s* u), and for a
@@ -86,12 +90,16 @@ def _scale_at(scale: float, t: Tensor, T: int, interval, scale_schedule: str, li
 
 
 def cfg_variant(model: Callable, cond: Any, null_cond: Any, scale: float, *, schedule: NoiseSchedule,
-                parallel: float = 1.0, space: str = "eps", rescale: float = 0.0, interval=None,
-                scale_schedule: str = "constant") -> EpsFn:
-    """Classifier-free guidance with the lesson 09 variants; the conditional and unconditional passes are batched."""
+                parallel: float = 1.0, space: str = "eps", along: str = "cond", rescale: float = 0.0,
+                interval=None, scale_schedule: str = "constant") -> EpsFn:
+    """Classifier-free guidance with the lesson 09 variants; the conditional and unconditional passes are batched.
+    ``along`` names the prediction the parallel part of d is taken along: "cond" (APG's projection, Sadat et al.)
+    or "uncond" (Perp-CFG as seed 001 describes it)."""
     scale, parallel = check_scale(scale), check_scale(parallel, "parallel")
     if space not in ("eps", "x0"):
         raise ValueError(f"space must be 'eps' or 'x0', got {space!r}.")
+    if along not in ("cond", "uncond"):
+        raise ValueError(f"along must be 'cond' (the projection of APG) or 'uncond' (Perp-CFG), got {along!r}.")
     if not (isinstance(rescale, (int, float)) and math.isfinite(rescale) and 0 <= rescale <= 1):
         raise ValueError(f"rescale must lie in [0, 1] (0: off, 1: fully rescaled), got {rescale!r}.")
     if scale_schedule not in ("constant", "linear"):
@@ -111,7 +119,7 @@ def cfg_variant(model: Callable, cond: Any, null_cond: Any, scale: float, *, sch
             u, c = eps_u, eps_c
         d = c - u
         if parallel != 1:
-            d = d - (1 - parallel) * parallel_part(d, c)
+            d = d - (1 - parallel) * parallel_part(d, c if along == "cond" else u)
         guided = c + (s - 1) * d
         if rescale > 0:
             g0 = guided if space == "x0" else x0_from_eps(schedule, x, t, guided)

@@ -102,3 +102,25 @@ def test_frontier_measures_every_scale_from_the_same_noise_and_picks_best_points
         measure_frontier(n=15)
     with pytest.raises(ValueError, match="unknown methods"):
         measure_frontier(n=20, methods=["CFG++"])
+
+
+def test_perp_cfg_scales_only_the_part_perpendicular_to_the_unconditional_prediction(xt):
+    """Perp-CFG as seed 001 describes it: u + d_par + s d_perp with the projection along u, by hand."""
+    x, t = xt
+    y = torch.tensor([1, 2, 3, 4])
+    u, c = toy_model(x, t, torch.full((4,), -1)), toy_model(x, t, y)
+    d = c - u
+    par = ((d * u).flatten(1).sum(1) / (u * u).flatten(1).sum(1)).reshape(-1, 1, 1, 1) * u
+    by_hand = u + par + 4.0 * (d - par)
+    out = cfg_variant(toy_model, y, -1, 4.0, schedule=S, parallel=0.0, along="uncond")(x, t)
+    torch.testing.assert_close(out, by_hand, rtol=1e-5, atol=1e-6)
+    # what it removes relative to plain CFG lies along u: the guided update minus CFG's is a multiple of u
+    gap = (out - batched_cfg(toy_model, y, -1, 4.0)(x, t)).flatten(1)
+    cos = (gap * u.flatten(1)).sum(1) / (gap.norm(dim=1) * u.flatten(1).norm(dim=1))
+    assert torch.allclose(cos.abs(), torch.ones(4), atol=1e-4)
+    apg_like = cfg_variant(toy_model, y, -1, 4.0, schedule=S, parallel=0.0)(x, t)
+    assert (out - apg_like).abs().max() > 1e-3  # along u is not along c
+    assert torch.equal(cfg_variant(toy_model, y, -1, 4.0, schedule=S, along="uncond")(x, t),
+                       batched_cfg(toy_model, y, -1, 4.0)(x, t))  # neutral at parallel = 1
+    with pytest.raises(ValueError, match="Perp-CFG"):
+        cfg_variant(toy_model, y, -1, 4.0, schedule=S, along="null")
