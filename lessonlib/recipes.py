@@ -245,3 +245,10 @@ for _name, _steps, _precision in (("mnist-uncond", 6750, "bf16"), ("mnist-cfg", 
         **{**_QUICK, "min_snr_gamma": _full.min_snr_gamma},
         description=f"{_name}'s quick budget: {_steps:,} steps of batch 64{' in bf16' * (_precision == 'bf16')}, "
                     f"at most 15 minutes on 2 CPU cores")
+
+# lesson 02's loss-weighting ablation (issue 37): mnist-uncond-quick with the plain, unweighted eps loss of DDPM
+# (L_simple), everything else equal: same steps, batch, data order, noise and precision
+RECIPES["mnist-uncond-quick-unweighted"] = replace(
+    RECIPES["mnist-uncond-quick"], name="mnist-uncond-quick-unweighted", min_snr_gamma=None,
+    description="mnist-uncond-quick with DDPM's unweighted eps loss instead of min-SNR-5 (lesson 02's ablation): "
+                "6,750 steps of batch 64 in bf16, at most 15 minutes on 2 CPU cores")
