@@ -6,6 +6,8 @@ imports. The package's ``__init__`` (``lessonlib.device``) is left out: it impor
 """
 import ast
 import json
+import shutil
+import subprocess
 from functools import cache
 from pathlib import Path
 
@@ -110,3 +112,12 @@ def test_no_lesson_code_line_is_over_120_characters():
                 long += [f"{path.name} cell {i}: {len(line)}" for line in "".join(cell["source"]).splitlines()
                          if len(line) > MAX_LESSON_LINE]
     assert not long, f"wrap these lines: {long}"
+
+
+def test_the_lessons_code_is_formatted_as_ci_checks_it():
+    """CI runs `ruff format --check notebooks` before pytest; the same check here fails a local run first."""
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed (pip install -e '.[dev]' brings it)")
+    done = subprocess.run([ruff, "format", "--check", str(NOTEBOOKS)], capture_output=True, text=True)
+    assert done.returncode == 0, f"run `ruff format notebooks`:\n{done.stdout[-2000:]}{done.stderr[-500:]}"
