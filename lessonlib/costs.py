@@ -22,6 +22,9 @@ Self-attention grows with N^2 (the resolution to the fourth power); cross-attent
 with the resolution at all (its per-pixel scale and shift are element-wise, not multiply-adds of a matmul).
 :func:`measured_softmax_bytes` reads the bytes the softmax actually allocates from torch's profiler, and
 :func:`measured_flops` counts matmul and convolution FLOPs with torch's per-op FLOP formulas (those FlopCounterMode uses).
+:func:`attention_run` measures the peak memory and time of one attention call at a given resolution, written out
+(:func:`naive_attention`, two N x N matrices live at once) or through torch's ``scaled_dot_product_attention``
+(a flash-attention kernel that never materialises the matrix): lesson 10's answer to seed 001's question 2.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -47,7 +51,8 @@ from .types import NULL_CLASS
 from .variants import cfg_variant
 
 __all__ = ["StepCost", "step_cost", "guidance_costs", "format_costs", "GUIDANCE_METHODS", "AttentionCost",
-           "attention_cost", "film_flops", "unet_attention_costs", "measured_softmax_bytes", "measured_flops"]
+           "attention_cost", "film_flops", "unet_attention_costs", "measured_softmax_bytes", "measured_flops",
+           "ATTENTION_IMPLS", "naive_attention", "AttentionRun", "attention_run", "available_memory_bytes"]
 
 
 @dataclass
@@ -304,3 +309,93 @@ def format_costs(costs: list[StepCost], *, highlight=(), base: str = "unguided")
                      f"{'':>9}{statistics.median(ratios):5.2f} [{min(ratios):.2f}, {max(ratios):.2f}]")
         lines.append(line)
     return "\n".join(lines)
+
+
+# --- attention memory at growing resolution (lesson 10, section 2: seed 001's question 2) ---
+
+ATTENTION_IMPLS = ("naive", "sdpa")
+
+
+def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d)) V, written out: it materialises the scores and the probabilities, two B x N x N
+    matrices, the way the course's own ``SelfAttention`` layer and the lecture's memory formula do."""
+    return (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(-1) @ v
+
+
+@dataclass
+class AttentionRun:
+    """One attention call: B x heads x N x C queries (N = resolution^2 positions) against ``keys`` keys."""
+
+    impl: str  # "naive" or "sdpa" (torch.nn.functional.scaled_dot_product_attention)
+    resolution: int
+    positions: int  # N
+    keys: int  # N for self-attention, L tokens for cross-attention
+    peak_bytes: int  # memory allocated during the call beyond its inputs, at its highest
+    matrix_bytes: int  # one B x heads x N x keys float matrix: what the lecture's formula counts
+    ms: float
+    kernel: str  # the aten op that did the work (which SDPA backend torch chose)
+
+
+def _peak_cpu_bytes(prof) -> int:
+    """The highest running total of the allocations and frees the profiler recorded, in time order."""
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    live = peak = 0
+    for event in events:
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def attention_run(impl: str, *, resolution: int, channels: int = 64, batch: int = 1, heads: int = 1,
+                  keys: int | None = None, device=None, seed: int = 0) -> AttentionRun:
+    """Peak extra memory and wall time of one attention call over a ``resolution`` x ``resolution`` image:
+    self-attention (every position attends to every position), or cross-attention to ``keys`` tokens.
+
+    Memory: on CPU from torch's profiler (every allocation and free in order); on CUDA from the allocator's peak.
+    Time: the median of three calls after the measured one (one call when a call takes over a second)."""
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"impl must be one of {ATTENTION_IMPLS}, got {impl!r}.")
+    device = torch.device(device or "cpu")
+    n = resolution * resolution
+    m = n if keys is None else keys
+    if m < 1:
+        raise ValueError(f"keys must be a positive token count (or None for self-attention), got {keys}.")
+    gen = torch.Generator(device=device).manual_seed(seed)
+    q, k, v = (torch.randn(batch, heads, rows, channels, generator=gen, device=device) for rows in (n, m, m))
+    fn = (lambda: naive_attention(q, k, v)) if impl == "naive" else (
+        lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
+    with torch.no_grad():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+        with _quiet_native_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            start = time.perf_counter()
+            fn()
+            _synchronize()
+            first = time.perf_counter() - start
+        peak = (torch.cuda.max_memory_allocated(device) - before) if device.type == "cuda" else _peak_cpu_bytes(prof)
+        ops = [e.key for e in prof.key_averages() if "attention" in e.key or e.key in ("aten::softmax", "aten::_softmax")]
+        times = [first]
+        if first < 1.0:
+            times = []
+            for _ in range(3):
+                start = time.perf_counter()
+                fn()
+                _synchronize()
+                times.append(time.perf_counter() - start)
+    kernel = min(ops, key=len) if impl == "naive" else max(ops, key=len) if ops else "?"
+    return AttentionRun(impl, resolution, n, m, int(peak), batch * heads * n * m * 4,
+                        1000 * statistics.median(times), kernel)
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the system can still hand out (Linux's MemAvailable), or None where it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

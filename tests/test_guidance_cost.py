@@ -101,3 +101,27 @@ def test_the_course_methods_make_the_passes_their_lessons_describe():
     base = found["unguided"].flops
     assert 1.05 < found["classifier guidance"].flops / base < 2  # a small classifier, three passes of it
     assert found["CFG, perpendicular part (APG)"].flops == pytest.approx(2 * base, rel=0.01)
+
+
+# --- attention memory (lesson 10, section 2) ---
+
+def test_naive_attention_matches_torch_sdpa_and_rejects_unknown_impls():
+    q, k, v = torch.randn(3, 2, 1, 50, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(costs.naive_attention(q, k, v), torch.nn.functional.scaled_dot_product_attention(q, k, v),
+                          atol=1e-5)
+    with pytest.raises(ValueError, match="impl must be one of"):
+        costs.attention_run("flash", resolution=4)
+    with pytest.raises(ValueError, match="keys must be a positive"):
+        costs.attention_run("naive", resolution=4, keys=0)
+
+
+def test_attention_run_sees_the_two_matrices_of_naive_attention_and_none_in_sdpa():
+    n = 32 * 32
+    naive = costs.attention_run("naive", resolution=32, channels=16, heads=2)
+    assert naive.matrix_bytes == 2 * n * n * 4
+    assert naive.peak_bytes >= 2 * naive.matrix_bytes, "scores and probabilities live at the same time"
+    fused = costs.attention_run("sdpa", resolution=32, channels=16, heads=2)
+    assert fused.peak_bytes < naive.matrix_bytes / 4, f"SDPA allocated {fused.peak_bytes} bytes"
+    cross = costs.attention_run("naive", resolution=32, channels=16, keys=7)
+    assert (cross.keys, cross.matrix_bytes) == (7, n * 7 * 4) and cross.peak_bytes < naive.peak_bytes / 50
+    assert naive.ms > 0 and "softmax" in naive.kernel
