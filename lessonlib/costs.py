@@ -52,7 +52,8 @@ from .variants import cfg_variant
 
 __all__ = ["StepCost", "step_cost", "guidance_costs", "format_costs", "GUIDANCE_METHODS", "AttentionCost",
            "attention_cost", "film_flops", "unet_attention_costs", "measured_softmax_bytes", "measured_flops",
-           "ATTENTION_IMPLS", "naive_attention", "AttentionRun", "attention_run", "available_memory_bytes"]
+           "ATTENTION_IMPLS", "naive_attention", "AttentionRun", "attention_run", "attention_kernel",
+           "available_memory_bytes"]
 
 
 @dataclass
@@ -347,6 +348,23 @@ def _peak_cpu_bytes(prof) -> int:
     return peak
 
 
+def _attention_ops(prof) -> list[str]:
+    """The attention and softmax ops the profiler saw, the dispatcher first and the kernel it chose last."""
+    keys = [e.key for e in prof.key_averages()]
+    picked = [k for k in keys if "attention" in k]
+    return sorted(picked, key=lambda k: (k != "aten::scaled_dot_product_attention", k)) or [
+        k for k in keys if k == "aten::softmax"]
+
+
+def attention_kernel(fn) -> str:
+    """Which kernel torch ran for the attention inside ``fn()``: e.g. ``aten::_scaled_dot_product_flash_attention_for_cpu``
+    (tiled, no N x N matrix) or ``aten::_scaled_dot_product_attention_math`` (the written-out fallback)."""
+    with _quiet_native_stderr(), torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    ops = _attention_ops(prof)
+    return ops[-1] if ops else "none"
+
+
 def attention_run(impl: str, *, resolution: int, channels: int = 64, batch: int = 1, heads: int = 1,
                   keys: int | None = None, device=None, seed: int = 0) -> AttentionRun:
     """Peak extra memory and wall time of one attention call over a ``resolution`` x ``resolution`` image:
@@ -376,7 +394,7 @@ def attention_run(impl: str, *, resolution: int, channels: int = 64, batch: int 
             _synchronize()
             first = time.perf_counter() - start
         peak = (torch.cuda.max_memory_allocated(device) - before) if device.type == "cuda" else _peak_cpu_bytes(prof)
-        ops = [e.key for e in prof.key_averages() if "attention" in e.key or e.key in ("aten::softmax", "aten::_softmax")]
+        ops = _attention_ops(prof)
         times = [first]
         if first < 1.0:
             times = []
@@ -385,7 +403,7 @@ def attention_run(impl: str, *, resolution: int, channels: int = 64, batch: int 
                 fn()
                 _synchronize()
                 times.append(time.perf_counter() - start)
-    kernel = min(ops, key=len) if impl == "naive" else max(ops, key=len) if ops else "?"
+    kernel = ("aten::softmax" if impl == "naive" else ops[-1]) if ops else "?"
     return AttentionRun(impl, resolution, n, m, int(peak), batch * heads * n * m * 4,
                         1000 * statistics.median(times), kernel)
 
