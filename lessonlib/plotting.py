@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .stats import PairedDifference
 
-__all__ = ["image_grid", "show_images", "scatter_classes", "density_contours", "to_png", "forest"]
+__all__ = ["image_grid", "show_images", "scatter_classes", "density_contours", "to_png", "forest", "weight_map"]
 
 CLASS_COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple",
                 "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan"]
@@ -112,3 +112,22 @@ def forest(ax, rows, *, xlabel: str, title: str | None = None, better: str | Non
         xlabel = f"{xlabel}  ({'<- better' if better == 'left' else 'better ->'})"
     ax.set(xlabel=xlabel, title=title)
     return ax
+
+
+def weight_map(ax, values, rows, cols, *, row_label: str, col_label: str, title: str, fmt: str = ".2f",
+               cmap: str = "viridis"):
+    """A grid of measurements over two guidance weights (rows bottom to top, columns left to right), each cell
+    written in it, in ink that stays readable on the cell's colour (lessons 06, 08)."""
+    grid = np.asarray(values, dtype=float)
+    if grid.shape != (len(rows), len(cols)):
+        raise ValueError(f"values must be {len(rows)} x {len(cols)} (rows x cols), got shape {grid.shape}.")
+    image = ax.imshow(grid, origin="lower", cmap=cmap)
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            r, g, b, _ = image.cmap(image.norm(grid[i, j]))
+            ink = "k" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "w"  # dark text on light cells
+            ax.text(j, i, format(grid[i, j], fmt), ha="center", va="center", fontsize=8, color=ink)
+    ax.set_xticks(range(len(cols)), [f"{c:g}" for c in cols])
+    ax.set_yticks(range(len(rows)), [f"{r:g}" for r in rows])
+    ax.set(xlabel=col_label, ylabel=row_label, title=title)
+    return image

@@ -101,3 +101,21 @@ def test_forest_fills_only_the_differences_this_n_can_call():
     with pytest.raises(ValueError, match="better"):
         forest(ax, rows, xlabel="d", better="up")
     plt.close(fig)
+
+
+def test_weight_map_writes_each_cell_in_readable_ink_and_rejects_a_wrong_shape():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lessonlib.plotting import weight_map
+    fig, ax = plt.subplots()
+    weight_map(ax, [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]], [0, 2], [0, 1, 5], row_label="w_a", col_label="w_b",
+               title="t", fmt=".1f")
+    texts = {t.get_text(): t.get_color() for t in ax.texts}
+    assert sorted(texts) == ["0.0", "1.0", "2.0", "3.0", "4.0", "5.0"]
+    assert texts["0.0"] == "w" and texts["5.0"] == "k", "white on viridis' dark end, black on its light end"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1", "5"]
+    with pytest.raises(ValueError, match="2 x 3"):
+        weight_map(ax, [[0.0, 1.0]], [0, 2], [0, 1, 5], row_label="a", col_label="b", title="t")
+    plt.close(fig)
