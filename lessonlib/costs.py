@@ -319,7 +319,8 @@ ATTENTION_IMPLS = ("naive", "sdpa")
 
 def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(Q K^T / sqrt(d)) V, written out: it materialises the scores and the probabilities, two B x N x N
-    matrices, the way the course's own ``SelfAttention`` layer and the lecture's memory formula do."""
+    matrices, as the lecture's memory formula assumes (and as SDPA's math fallback does, which the course's
+    ``SelfAttention`` gets on CPU for its transposed q, k, v: see :func:`attention_kernel`)."""
     return (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(-1) @ v
 
 
@@ -349,11 +350,9 @@ def _peak_cpu_bytes(prof) -> int:
 
 
 def _attention_ops(prof) -> list[str]:
-    """The attention and softmax ops the profiler saw, the dispatcher first and the kernel it chose last."""
-    keys = [e.key for e in prof.key_averages()]
-    picked = [k for k in keys if "attention" in k]
-    return sorted(picked, key=lambda k: (k != "aten::scaled_dot_product_attention", k)) or [
-        k for k in keys if k == "aten::softmax"]
+    """The attention ops the profiler saw, the dispatcher first and the kernel it chose last."""
+    picked = [e.key for e in prof.key_averages() if "attention" in e.key]
+    return sorted(picked, key=lambda k: (k != "aten::scaled_dot_product_attention", k))
 
 
 def attention_kernel(fn) -> str:
@@ -394,16 +393,14 @@ def attention_run(impl: str, *, resolution: int, channels: int = 64, batch: int 
             _synchronize()
             first = time.perf_counter() - start
         peak = (torch.cuda.max_memory_allocated(device) - before) if device.type == "cuda" else _peak_cpu_bytes(prof)
-        ops = _attention_ops(prof)
-        times = [first]
-        if first < 1.0:
-            times = []
-            for _ in range(3):
-                start = time.perf_counter()
-                fn()
-                _synchronize()
-                times.append(time.perf_counter() - start)
-    kernel = ("aten::softmax" if impl == "naive" else ops[-1]) if ops else "?"
+        kernel = "aten::softmax" if impl == "naive" else (_attention_ops(prof) or ["?"])[-1]
+        times = []
+        for _ in range(3 if first < 1.0 else 0):
+            start = time.perf_counter()
+            fn()
+            _synchronize()
+            times.append(time.perf_counter() - start)
+    times = times or [first]
     return AttentionRun(impl, resolution, n, m, int(peak), batch * heads * n * m * 4,
                         1000 * statistics.median(times), kernel)
 
