@@ -1,10 +1,15 @@
-"""The checkers can pass and can fail: for every exercise the reference passes, the stub fails with the stub's
-message, and a plausible wrong answer fails with a message that says what went wrong (issue 20)."""
+"""The checkers can pass and can fail: for every exercise a solution written out passes, the stub fails with the
+stub's message, a plausible wrong answer fails with a message that says what went wrong (issue 20), and a solution
+that only calls the library's function for it is refused (issue 42)."""
 import pytest
 import torch
 import torch.nn.functional as F
 
+from lessonlib import clip, diffusion, flow, guidance, variants
 from lessonlib.exercises import EXERCISES, PREDICTIONS, check, check_prediction, stub
+from lessonlib.nets.controlnet import zero_conv
+from lessonlib.nets.unet import modulate
+from lessonlib.schedules import linear_schedule
 
 
 def _b(a, like):
@@ -40,6 +45,118 @@ WRONG = {  # a plausible mistake per exercise, and what its message must say
              "zero scale and shift leave h as it is"),  # h * scale, not h * (1 + scale)
     "zero_conv": (lambda channels: _weight_only_zero(channels), "its bias set to zero"),
     "euler_step": (lambda x_t, v, t, t_next: x_t + _b(t - t_next, x_t) * v, "t_next - t is negative"),  # backwards
+    # log p summed as a mean: every image's gradient divided by B
+    "guided_eps": (lambda eps_model, classifier, x_t, t, y, abar_t, scale: _guided_eps(
+        eps_model, classifier, x_t, t, y, abar_t, scale / len(x_t)), "a mean would divide"),
+    "cfg_eps": (lambda model, x_t, t, y, null, scale: model(x_t, t, torch.full_like(y, null)) + scale * (  # two passes
+        model(x_t, t, y) - model(x_t, t, torch.full_like(y, null))), "call the model once"),
+    "apg_combine": (lambda c, u, scale, eta, r: u + scale * (_apg_combine(c, u, 2.0, eta, r) - c),  # diffusers' default
+                    "not diffusers' default"),
+    "flow_matching_loss": (lambda v_model, x0, eps, t: ((v_model((1 - _b(t, x0)) * x0 + _b(t, x0) * eps, t)
+                                                         - (x0 - eps)) ** 2).mean(),  # the target flipped
+                           "t = 0 is data"),
+}
+
+
+def _guided_eps(eps_model, classifier, x_t, t, y, abar_t, scale):
+    with torch.enable_grad():
+        x = x_t.detach().requires_grad_(True)
+        log_p = torch.log_softmax(classifier(x, t), dim=1)[torch.arange(len(x)), y]
+        grad = torch.autograd.grad(log_p.sum(), x)[0]
+    return eps_model(x_t, t) - scale * _b(1 - abar_t, x_t).sqrt() * grad
+
+
+def _cfg_eps(model, x_t, t, y, null, scale):
+    labels = torch.cat([y, torch.full_like(y, null)])
+    out = model(torch.cat([x_t, x_t]), torch.cat([t, t]), labels)
+    eps_c, eps_u = out[: len(x_t)], out[len(x_t):]
+    return eps_u + scale * (eps_c - eps_u)
+
+
+def _apg_combine(c, u, scale, eta, r):
+    d = c - u
+    if r is not None:
+        d = d * torch.clamp(r / d.flatten(1).norm(dim=1), max=1.0).reshape(-1, 1, 1, 1)
+    d_par = (d * c).sum((1, 2, 3), keepdim=True) / (c * c).sum((1, 2, 3), keepdim=True) * c
+    return c + (scale - 1) * (d - d_par + eta * d_par)
+
+
+def _flow_matching_loss(v_model, x0, eps, t):
+    x_t = (1 - _b(t, x0)) * x0 + _b(t, x0) * eps
+    return ((v_model(x_t, t) - (eps - x0)) ** 2).mean()
+
+
+def _cosine_grad(encoder, text_emb, x):
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        e = encoder(x)
+        cos = (e * text_emb).sum(-1) / (e.norm(dim=-1) * text_emb.norm(dim=-1))
+        return torch.autograd.grad(cos.sum(), x)[0]
+
+
+def _contrastive_loss(image_emb, text_emb, logit_scale):
+    logits = logit_scale * F.normalize(image_emb, dim=-1) @ F.normalize(text_emb, dim=-1).T
+    target = torch.arange(len(logits))
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+def _zero_conv(channels):
+    conv = torch.nn.Conv2d(channels, channels, 1)
+    torch.nn.init.zeros_(conv.weight)
+    torch.nn.init.zeros_(conv.bias)
+    return conv
+
+
+def _rescale(guided, cond, phi):
+    ratio = cond.flatten(1).std(1) / guided.flatten(1).std(1)
+    return phi * guided * _b(ratio, guided) + (1 - phi) * guided
+
+
+SOLUTIONS = {  # each written out with torch alone, as a student would: they must pass
+    "score_from_eps": lambda eps, abar: -eps / _b(1 - abar, eps).sqrt(),
+    "ddim_step": lambda x_t, eps, abar_t, abar_prev: _b(abar_prev, x_t).sqrt() * (x_t - _b(1 - abar_t, x_t).sqrt()
+                                                                                  * eps) / _b(abar_t, x_t).sqrt()
+    + _b(1 - abar_prev, x_t).sqrt() * eps,
+    "cfg": lambda eps_u, eps_c, scale: (1 - scale) * eps_u + scale * eps_c,
+    "parallel_part": lambda d, c: _b((d * c).flatten(1).sum(1) / (c * c).flatten(1).sum(1), c) * c,
+    "eps_from_velocity": lambda x_t, v, t: x_t + _b(1 - t, x_t) * v,
+    "q_sample": lambda x0, t, eps, abar: _b(abar[t], x0).sqrt() * x0 + _b(1 - abar[t], x0).sqrt() * eps,
+    "noise_aware_loss": lambda classifier, x0, y, t, eps, abar: F.cross_entropy(
+        classifier(_b(abar[t], x0).sqrt() * x0 + _b(1 - abar[t], x0).sqrt() * eps, t), y),
+    "classifier_guided_eps": lambda eps, grad, abar, scale: eps - scale * _b(1 - abar, eps).sqrt() * grad,
+    "contrastive_loss": _contrastive_loss,
+    "cosine_grad": _cosine_grad,
+    "compose": lambda eps_u, eps_list, scales: eps_u + sum(w * (e - eps_u) for e, w in zip(eps_list, scales)),
+    "rescale": _rescale,
+    "film": lambda h, scale, shift: h + h * scale[..., None, None] + shift[..., None, None],
+    "zero_conv": _zero_conv,
+    "euler_step": lambda x_t, v, t, t_next: x_t - _b(t - t_next, x_t) * v,
+    "guided_eps": _guided_eps,
+    "cfg_eps": _cfg_eps,
+    "apg_combine": _apg_combine,
+    "flow_matching_loss": _flow_matching_loss,
+}
+
+# a solution that only calls the library's function for it (where one takes the exercise's inputs): refused
+LIBRARY_CALLS = {
+    "cfg": lambda eps_u, eps_c, scale: guidance.combine(eps_u, [(eps_c, scale)]),
+    "compose": lambda eps_u, eps_list, scales: guidance.combine(eps_u, list(zip(eps_list, scales))),
+    "parallel_part": variants.parallel_part,
+    "eps_from_velocity": lambda x_t, v, t: flow.eps_from_velocity(x_t, t, v),
+    "q_sample": lambda x0, t, eps, abar: diffusion.q_sample(linear_schedule(len(abar)), x0, t, eps),
+    "noise_aware_loss": lambda classifier, x0, y, t, eps, abar: F.cross_entropy(
+        classifier(diffusion.q_sample(linear_schedule(len(abar)), x0, t, eps), t), y),
+    "contrastive_loss": clip.contrastive_loss,
+    "rescale": variants.rescaled,
+    "film": modulate,
+    "zero_conv": zero_conv,
+    "guided_eps": lambda eps_model, classifier, x_t, t, y, abar_t, scale: eps_model(x_t, t) - scale * _b(
+        1 - abar_t, x_t).sqrt() * guidance.classifier_grad(classifier, y)(x_t, t),
+    "cfg_eps": lambda model, x_t, t, y, null, scale: guidance.batched_cfg(model, y, null, scale)(x_t, t),
+    "apg_combine": lambda c, u, scale, eta, r: c + (scale - 1) * (
+        (c - u) - variants.parallel_part(c - u, c) * (1 - eta)) if r is None else _apg_combine(c, u, scale, eta, r),
+    "flow_matching_loss": lambda v_model, x0, eps, t: (v_model(flow.interpolate(x0, eps, t), t)
+                                                       - flow.velocity_target(x0, eps)).pow(2).mean(),
 }
 
 
@@ -54,8 +171,8 @@ def test_every_exercise_has_a_tested_wrong_answer():
 
 
 @pytest.mark.parametrize("name", sorted(EXERCISES))
-def test_the_reference_passes_the_stub_and_a_wrong_answer_fail(name, capsys):
-    assert check(name, EXERCISES[name].reference).passed
+def test_a_written_out_solution_passes_the_stub_and_a_wrong_answer_fail(name, capsys):
+    assert check(name, SOLUTIONS[name]).passed
     assert "correct on all" in capsys.readouterr().out
     result = check(name, stub(name))
     assert not result.passed and "not written yet" in result.message and EXERCISES[name].task in result.message
@@ -63,6 +180,35 @@ def test_the_reference_passes_the_stub_and_a_wrong_answer_fail(name, capsys):
     result = check(name, wrong)
     assert not result.passed and says in result.message, result.message
     assert "AssertionError" not in result.message
+
+
+@pytest.mark.parametrize("name", sorted(EXERCISES))
+def test_a_solution_that_calls_the_library_is_refused(name):
+    reference = EXERCISES[name].reference
+    calls = [lambda *args, **kwargs: reference(*args, **kwargs)] + ([LIBRARY_CALLS[name]] if name in LIBRARY_CALLS else [])
+    for call in calls:
+        result = check(name, call)
+        assert not result.passed and "the library's own function" in result.message, result.message
+        assert "hint:" in result.message
+
+
+def test_the_refusal_names_the_function_however_it_was_imported_and_leaves_the_profiler_as_it_was():
+    import sys
+
+    from lessonlib.guidance import combine as renamed
+
+    result = check("cfg", lambda eps_u, eps_c, scale: renamed(eps_u, [(eps_c, scale)]))
+    assert not result.passed and "calls lessonlib.guidance.combine" in result.message
+    assert sys.getprofile() is None
+    # a helper of the student's own, and library functions that are not the answer, are fine
+    assert check("apg_combine", lambda c, u, scale, eta, r: SOLUTIONS["apg_combine"](c, u, scale, eta, r)).passed
+    assert check("cfg_eps", lambda model, x_t, t, y, null, scale: SOLUTIONS["cfg"](
+        *_cfg_halves(model, x_t, t, y, null), scale)).passed
+
+
+def _cfg_halves(model, x_t, t, y, null):
+    eps_c, eps_u = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, null)])).chunk(2)
+    return eps_u, eps_c
 
 
 def test_messages_name_the_input_shape_errors_exceptions_and_in_place_edits():
@@ -162,6 +308,24 @@ def test_every_lesson_has_two_or_more_checked_exercises_and_a_student_version():
                 assert cell["source"] != original["source"] and "solution" not in cell["metadata"]["tags"]
         assert "NotImplementedError" in json.dumps(student) or not any(n in EXERCISES for n in names), path.name
     assert set(used) == set(EXERCISES) | set(PREDICTIONS)  # every exercise is asked somewhere
+
+
+def test_every_lesson_asks_for_a_whole_computation_of_four_lines_or_more():
+    import ast
+    import json
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        lengths = {}
+        for cell in json.loads(path.read_text())["cells"]:
+            if "solution" not in cell["metadata"].get("tags", []):
+                continue
+            source = "".join(cell["source"])
+            for node in ast.walk(ast.parse(source)):
+                if isinstance(node, ast.FunctionDef):
+                    body = source.splitlines()[node.body[0].lineno - 1: node.end_lineno]
+                    lengths[node.name] = sum(bool(ln.strip()) and not ln.strip().startswith("#") for ln in body)
+        assert max(lengths.values(), default=0) >= 4, (path.name, lengths)
 
 
 def test_a_builder_exercise_says_when_no_module_comes_back():

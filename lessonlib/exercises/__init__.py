@@ -10,11 +10,14 @@ Two kinds:
   compares it with the number the notebook measured and explains the gap.
 
 Neither ever raises an AssertionError at the student: both return a :class:`CheckResult` (``passed``,
-``message``) and print the message. Reference solutions are the library's own functions (``EXERCISES[name]
-.reference``); the notebooks' solution cells are tagged ``solution`` so that a student version can drop them.
+``message``) and print the message. References are the library's own functions or short formulas
+(``EXERCISES[name].reference``); a solution that calls the reference, or one of the library functions that compute
+the answer (``Exercise.shortcuts``), is refused with a message naming it. The notebooks' solution cells are tagged
+``solution`` so that a student version can drop them.
 
 The package: :mod:`.engine` (the checker and its messages), :mod:`.implement` and :mod:`.predict` (every lesson's
-exercises), :mod:`.student` (``python -m lessonlib.exercises --student DIR``).
+exercises), :mod:`.cases` (the inputs and small fixed models they are checked on), :mod:`.student`
+(``python -m lessonlib.exercises --student DIR``).
 """
 from __future__ import annotations
 

@@ -3,8 +3,10 @@ messages a student reads (expected, got, a hint; never a bare AssertionError).""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -40,10 +42,45 @@ class Exercise:
     run: Callable[[Callable[..., Any], dict], Any] | None = None
     # call the function inside torch.no_grad(), where the lesson calls it (a sampler's loop)
     in_no_grad: bool = False
+    # the library functions that compute the answer (dotted names): a solution that calls one, or the reference,
+    # is refused, so that the exercise asks for the computation and not for a call
+    shortcuts: tuple[str, ...] = ()
 
     def call(self, fn: Callable[..., Any], kwargs: dict) -> Any:
         with torch.no_grad() if self.in_no_grad else contextlib.nullcontext():
             return fn(**kwargs) if self.run is None else self.run(fn, kwargs)
+
+
+def _shortcut_codes(exercise: Exercise) -> dict[Any, str]:
+    """The code objects of the exercise's shortcuts and of its reference, each with the name a student would use."""
+    codes = {}
+    for dotted in exercise.shortcuts:
+        module, _, attr = dotted.rpartition(".")
+        fn = inspect.unwrap(getattr(importlib.import_module(module), attr))
+        if not hasattr(fn, "__code__"):
+            raise TypeError(f"exercise {exercise.name!r}: shortcut {dotted} is not a Python function.")
+        codes[fn.__code__] = dotted
+    reference = inspect.unwrap(exercise.reference)
+    if hasattr(reference, "__code__"):
+        codes.setdefault(reference.__code__, f"{reference.__module__}.{reference.__qualname__}")
+    return codes
+
+
+@contextlib.contextmanager
+def _watching(codes: dict[Any, str]):
+    """Record the first call, however it was imported, of any function whose code object is in ``codes``."""
+    called: list[str] = []
+
+    def profile(frame, event, arg):
+        if event == "call" and not called and frame.f_code in codes:
+            called.append(codes[frame.f_code])
+
+    previous = sys.getprofile()
+    sys.setprofile(profile)
+    try:
+        yield called
+    finally:
+        sys.setprofile(previous)
 
 
 def make_stub(name: str, exercise: Exercise) -> Callable[..., Any]:
@@ -87,12 +124,13 @@ def run_check(exercise: Exercise, answer: Callable[..., Any]) -> CheckResult:
     if not callable(answer):
         return _report(False, f"'{name}': pass your function itself (e.g. check('{name}', {name})), "
                               f"not {type(answer).__name__}.")
-    cases = exercise.cases()
+    cases, shortcuts = exercise.cases(), _shortcut_codes(exercise)
     for description, kwargs in cases:
         inputs = {k: v.clone() if torch.is_tensor(v) else v for k, v in kwargs.items()}
         expected = exercise.call(exercise.reference, kwargs)
         try:
-            got = exercise.call(answer, inputs)
+            with _watching(shortcuts) as called:
+                got = exercise.call(answer, inputs)
         except NotImplementedError:
             return _report(False, f"'{name}' is not written yet: replace the `raise NotImplementedError` in its cell "
                                   f"with your code ({exercise.task}).")
@@ -100,6 +138,10 @@ def run_check(exercise: Exercise, answer: Callable[..., Any]) -> CheckResult:
             return _report(False, _type_error_message(name, exercise, answer, exc, description))
         except Exception as exc:  # the student's code failed: say on what, and how
             return _report(False, f"'{name}' raised {type(exc).__name__}: {exc}\n  on the input: {description}\n"
+                                  f"  hint: {exercise.hint}")
+        if called:
+            return _report(False, f"'{name}' calls {called[0]}, the library's own function for what this exercise "
+                                  "asks: write the computation itself (torch operations are fine).\n"
                                   f"  hint: {exercise.hint}")
         if any(torch.is_tensor(v) and (v.requires_grad or v.grad is not None) for v in inputs.values()):
             return _report(False, f"'{name}' turned on requires_grad (or left a .grad) on the caller's tensor on: "
