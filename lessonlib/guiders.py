@@ -20,6 +20,10 @@ diffusers' guider and to these and checks they agree to float tolerance (``pytes
 | ClassifierFreeZeroStarGuidance       | :func:`lessonlib.variants.cfg_zero_star` | s* u + s (c - s* u)                        |
 | AdaptiveProjectedGuidance            | :func:`lessonlib.variants.apg`          | c + (s - 1)(d_perp + eta d_par), the paper's |
 |                                      | (``space="eps"``)                      | form; diffusers' default is u + s(...)       |
+| AdaptiveProjectedMixGuidance         | :func:`lessonlib.variants.apg` with    | CFG for the first steps, APG afterwards; the |
+|                                      | ``cfg_scale`` and ``cfg_steps``        | momentum average runs through both           |
+| FrequencyDecoupledGuidance           | :func:`frequency_decoupled_rule`       | CFG per band of a Laplacian pyramid, one     |
+|                                      |                                        | scale per band (high frequencies first)      |
 | (not in diffusers) ICG               | :func:`independent_condition`          | CFG with a random condition as u             |
 
 :func:`perturbation_guidance` is PAG, SEG or SLG as an eps-function on the course's U-Net: the perturbed branch
@@ -34,15 +38,17 @@ import math
 from typing import Any, Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .guidance import batched_predictions, check_scale, combine, conditional
 from .nets.perturb import perturbed
 from .types import EpsFn
-from .variants import rescaled
+from .variants import parallel_part, rescaled
 
 __all__ = ["cfg_rule", "tangential_rule", "tangential_part", "magnitude_aware_rule", "perturbed_rule", "stack_rule",
-           "in_window", "tangential_cfg", "magnitude_aware", "independent_condition", "perturbation_guidance"]
+           "in_window", "tangential_cfg", "magnitude_aware", "independent_condition", "perturbation_guidance",
+           "laplacian_pyramid", "from_pyramid", "frequency_decoupled_rule", "frequency_decoupled"]
 
 
 def _same_shape(*tensors: Tensor) -> None:
@@ -140,6 +146,109 @@ def in_window(step: int, steps: int, start: float = 0.0, stop: float = 1.0) -> b
     if not (0.0 <= start < 1.0 and start <= stop <= 1.0):
         raise ValueError(f"need 0 <= start < 1 and start <= stop <= 1, got start={start!r}, stop={stop!r}.")
     return int(start * steps) <= step < int(stop * steps)
+
+
+_BINOMIAL = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0])
+
+
+def _blur(x: Tensor) -> Tensor:
+    """The 5 x 5 binomial blur of the Burt-Adelson pyramid, per channel, borders mirrored (no edge repeat)."""
+    kernel = torch.outer(_BINOMIAL, _BINOMIAL).to(x) / 256
+    channels = x.shape[1]
+    return F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), kernel.expand(channels, 1, 5, 5), groups=channels)
+
+
+def _down(x: Tensor) -> Tensor:
+    return F.interpolate(_blur(x), size=(x.shape[-2] // 2, x.shape[-1] // 2), mode="bilinear", align_corners=False)
+
+
+def _up(x: Tensor) -> Tensor:
+    return _blur(F.interpolate(x, size=(2 * x.shape[-2], 2 * x.shape[-1]), mode="bilinear", align_corners=False))
+
+
+def laplacian_pyramid(x: Tensor, levels: int) -> list[Tensor]:
+    """``levels`` frequency bands of images x (B, C, H, W), the finest first; the last is the coarse remainder.
+
+    Each band is a Gaussian level minus the next level brought back up (blur, halve; double, blur: kornia's
+    ``build_laplacian_pyramid``, which diffusers' FDG uses). Sides are mirror-padded to a multiple of
+    2^(levels - 1) (to the next power of two, as kornia does, when neither side is one), so 28 x 28 MNIST images
+    are analysed at 32 x 32; :func:`from_pyramid` crops back.
+    """
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
+        raise ValueError(f"levels must be a positive integer, got {levels!r}.")
+    if x.ndim != 4:
+        raise ValueError(f"a Laplacian pyramid needs images (B, C, H, W), got shape {tuple(x.shape)}.")
+    h, w = x.shape[-2:]
+    power = lambda n: 1 << (n - 1).bit_length()  # noqa: E731
+    stride = 1 << (levels - 1)
+    if not (h & (h - 1) == 0 or w & (w - 1) == 0) or h % stride or w % stride:
+        x = F.pad(x, (0, power(w) - w, 0, power(h) - h), mode="reflect")
+    if min(x.shape[-2:]) // stride < 3:
+        raise ValueError(f"{levels} levels halve {h} x {w} images below 3 pixels; use fewer levels.")
+    gaussian = [x]
+    for _ in range(levels - 1):
+        gaussian.append(_down(gaussian[-1]))
+    return [g - _up(coarser) for g, coarser in zip(gaussian, gaussian[1:])] + [gaussian[-1]]
+
+
+def from_pyramid(bands: Sequence[Tensor], size: tuple[int, int] | None = None) -> Tensor:
+    """The images a :func:`laplacian_pyramid` came from (exactly, up to float error), cropped to ``size``."""
+    image = bands[-1]
+    for band in reversed(bands[:-1]):
+        image = _up(image) + band
+    return image if size is None else image[..., : size[0], : size[1]]
+
+
+def _fdg_settings(scales, parallel_weights, active) -> tuple[list[float], list[float], list[bool]]:
+    scales = [check_scale(s) for s in scales]
+    levels = len(scales)
+    weights = [1.0] * levels if parallel_weights is None else [check_scale(w, "parallel weight")
+                                                               for w in parallel_weights]
+    active = [True] * levels if active is None else [bool(a) for a in active]
+    if levels < 1 or len(weights) != levels or len(active) != levels:
+        raise ValueError(f"give one scale per band (at least one), and as many parallel weights and active flags; got "
+                         f"{levels} scales, {len(weights)} weights, {len(active)} flags.")
+    return scales, weights, active
+
+
+def frequency_decoupled_rule(c: Tensor, u: Tensor, scales: Sequence[float], *,
+                             parallel_weights: Sequence[float] | None = None, active: Sequence[bool] | None = None,
+                             rescale: float = 0.0) -> Tensor:
+    """Frequency-decoupled guidance (FDG, Sadat et al. 2025; FrequencyDecoupledGuidance): CFG band by band.
+
+    c and u are split into ``len(scales)`` bands of a :func:`laplacian_pyramid`, the finest first, each band
+    guided with its own scale, u_k + s_k (c_k - u_k), and the bands summed back. A low scale on the coarse bands
+    keeps the colours and layout of the conditional prediction (and its diversity), a high one on the fine bands
+    sharpens detail. ``parallel_weights`` (one per band, default 1) weight the part of each band's difference that
+    is parallel to c_k, as APG does; a band with scale 1 or not ``active`` (outside its guidance window, see
+    :func:`in_window`) keeps c_k. ``rescale`` is applied to the result in data space. Unlike diffusers 0.42, the
+    result has the predictions' own size (diffusers returns the padded size for a side that is not a power of
+    two, e.g. 32 x 32 for MNIST's 28 x 28).
+    """
+    _same_shape(c, u)
+    scales, weights, active = _fdg_settings(scales, parallel_weights, active)
+    levels = len(scales)
+    if not any(a and s != 1 for a, s in zip(active, scales)):
+        return c
+    bands = []
+    for ck, uk, s, w, on in zip(laplacian_pyramid(c, levels), laplacian_pyramid(u, levels), scales, weights, active):
+        if not on or s == 1:
+            bands.append(ck)
+            continue
+        d = ck - uk
+        if w != 1:
+            d_par = parallel_part(d, ck)
+            d = w * d_par + (d - d_par)
+        bands.append(uk + s * d)
+    return _rescale(from_pyramid(bands, tuple(c.shape[-2:])), c, rescale)
+
+
+def frequency_decoupled(model: Callable, cond: Any, null_cond: Any, scales: Sequence[float], *,
+                        parallel_weights: Sequence[float] | None = None) -> EpsFn:
+    """FDG as an eps-function: one batched pass, :func:`frequency_decoupled_rule` (lesson 11)."""
+    scales, parallel_weights, _ = _fdg_settings(scales, parallel_weights, None)  # refused now, not mid-sampling
+    return _two_branch(model, cond, null_cond,
+                       lambda c, u: frequency_decoupled_rule(c, u, scales, parallel_weights=parallel_weights))
 
 
 def _two_branch(model: Callable, cond: Any, null_cond: Any, rule: Callable[[Tensor, Tensor], Tensor]) -> EpsFn:

@@ -178,7 +178,8 @@ def _finite(value, name: str, lo: float, hi: float, *, lo_open: bool = False, hi
 
 
 def apg(model: Callable, cond: Any, null_cond: Any, scale: float, *, schedule: NoiseSchedule, eta: float = 0.0,
-        norm_threshold: float | None = None, momentum: float = 0.0, space: str = "x0") -> EpsFn:
+        norm_threshold: float | None = None, momentum: float = 0.0, space: str = "x0", cfg_scale: float | None = None,
+        cfg_steps: int = 0) -> EpsFn:
     """Adaptive projected guidance (Sadat et al. 2024) as an eps-function (lesson 11).
 
     d = c - u on x0_hat (``space="x0"``, the paper's choice) or on eps; with ``momentum`` beta in (-1, 0],
@@ -187,6 +188,10 @@ def apg(model: Callable, cond: Any, null_cond: Any, scale: float, *, schedule: N
     the parallel part taken along c. The running average starts afresh whenever the timestep does not
     decrease or the batch changes (a new sampling run); it assumes one call per step (DDIM, DDPM, Euler):
     under Heun, which calls twice per step, momentum would restart at every step, so do not combine them.
+
+    APG-mix (diffusers' AdaptiveProjectedMixGuidance): with ``cfg_scale``, the first ``cfg_steps`` steps of a run
+    are plain CFG at ``cfg_scale`` and APG takes over after them (diffusers' ``adaptive_projected_guidance_start_step``
+    is ``cfg_steps - 1``); the momentum average accumulates d over every step, the CFG steps included.
     """
     scale = check_scale(scale)
     eta = _finite(eta, "eta", 0.0, 1.0)
@@ -195,12 +200,18 @@ def apg(model: Callable, cond: Any, null_cond: Any, scale: float, *, schedule: N
         norm_threshold = _finite(norm_threshold, "norm_threshold r", 0.0, math.inf, lo_open=True, hi_open=True)
     if space not in ("eps", "x0"):
         raise ValueError(f"space must be 'eps' or 'x0', got {space!r}.")
+    if cfg_scale is not None:
+        cfg_scale = check_scale(cfg_scale, "cfg_scale")
+    bad_steps = isinstance(cfg_steps, bool) or not isinstance(cfg_steps, int) or cfg_steps < 0
+    if bad_steps or (cfg_steps and cfg_scale is None):
+        raise ValueError(f"cfg_steps must be an integer >= 0, and > 0 only with a cfg_scale (APG-mix); got "
+                         f"cfg_steps={cfg_steps!r}, cfg_scale={cfg_scale!r}.")
     predict = batched_predictions(model, [null_cond, cond])
-    state: dict[str, Any] = {"t": None, "shape": None, "average": None}
+    state: dict[str, Any] = {"t": None, "shape": None, "average": None, "step": 0}
 
     def eps_fn(x: Tensor, t: Tensor) -> Tensor:
         eps_u, eps_c = predict(x, t)
-        if eta == 1 and norm_threshold is None and momentum == 0:
+        if eta == 1 and norm_threshold is None and momentum == 0 and not cfg_steps:
             return combine(eps_u, [(eps_c, scale)])
         if space == "x0":
             u, c = x0_from_eps(schedule, x, t, eps_u), x0_from_eps(schedule, x, t, eps_c)
@@ -209,11 +220,15 @@ def apg(model: Callable, cond: Any, null_cond: Any, scale: float, *, schedule: N
         d = c - u
         now = float(torch.as_tensor(t).reshape(-1)[0])
         if state["t"] is None or now >= state["t"] or state["shape"] != tuple(x.shape):
-            state["average"] = None  # a new sampling run
+            state["average"], state["step"] = None, 0  # a new sampling run
+        else:
+            state["step"] += 1
         state["t"], state["shape"] = now, tuple(x.shape)
         if momentum != 0:
             state["average"] = d if state["average"] is None else d + momentum * state["average"]
             d = state["average"]
+        if state["step"] < cfg_steps:  # APG-mix: plain CFG on the first steps
+            return combine(eps_u, [(eps_c, cfg_scale)])
         if norm_threshold is not None:
             norm = d.flatten(1).norm(dim=1).reshape(-1, *([1] * (d.ndim - 1)))
             d = d * (norm_threshold / norm.clamp_min(1e-12)).clamp(max=1.0)

@@ -6,6 +6,7 @@ imports. The package's ``__init__`` (``lessonlib.device``) is left out: it impor
 """
 import ast
 import json
+import re
 import shutil
 import subprocess
 from functools import cache
@@ -112,6 +113,17 @@ def test_no_lesson_code_line_is_over_120_characters():
                 long += [f"{path.name} cell {i}: {len(line)}" for line in "".join(cell["source"]).splitlines()
                          if len(line) > MAX_LESSON_LINE]
     assert not long, f"wrap these lines: {long}"
+
+
+def test_no_markdown_cell_is_a_wall_of_more_than_250_words():
+    """Issue 42: a long reading is split under headings, or becomes a figure and a short reading of it."""
+    walls = []
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        for i, cell in enumerate(json.loads(path.read_text())["cells"]):
+            words = len(re.findall(r"\S+", "".join(cell["source"])))
+            if cell["cell_type"] == "markdown" and words > 250:
+                walls.append(f"{path.name} cell {i}: {words} words")
+    assert not walls, f"split these cells: {walls}"
 
 
 def test_the_lessons_code_is_formatted_as_ci_checks_it():

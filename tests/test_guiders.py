@@ -6,8 +6,12 @@ import torch
 
 from lessonlib.guiders import (
     cfg_rule,
+    frequency_decoupled,
+    frequency_decoupled_rule,
+    from_pyramid,
     in_window,
     independent_condition,
+    laplacian_pyramid,
     magnitude_aware,
     magnitude_aware_rule,
     perturbed_rule,
@@ -140,6 +144,100 @@ def test_apg_over_a_sampling_run_matches_diffusers_original_formulation(guiders,
         assert torch.allclose(got.double(), _run(guider, c, u, step=i, steps=len(ts)), atol=1e-6), t
 
 
+@pytest.mark.parametrize("eta, r, momentum, cfg_steps", [(0.0, 5.0, -0.5, 3), (0.5, None, -0.7, 1), (0.0, 3.0, 0.0, 5)])
+def test_apg_mix_over_a_sampling_run_matches_diffusers(guiders, eta, r, momentum, cfg_steps):
+    """CFG at one scale for the first steps, APG at another after them; the momentum average runs through both."""
+    from diffusers.guiders.adaptive_projected_guidance_mix import MomentumBuffer
+
+    shape, ts = (2, 1, 8, 8), [900, 700, 500, 300, 200, 100, 50, 10]
+    steps = {t: tuple(_preds(shape, seed=t, n=2)) for t in ts}
+    ours = apg(_fake_model(steps), torch.tensor([1, 2]), NULL_CLASS, 4.0, schedule=linear_schedule(1000), eta=eta,
+               norm_threshold=r, momentum=momentum, space="eps", cfg_scale=2.5, cfg_steps=cfg_steps)
+    guider = guiders.AdaptiveProjectedMixGuidance(
+        guidance_scale=1.5, adaptive_projected_guidance_scale=3.0, adaptive_projected_guidance_momentum=momentum,
+        adaptive_projected_guidance_rescale=r or 0.0, eta=eta, use_original_formulation=True,
+        adaptive_projected_guidance_start_step=cfg_steps - 1)
+    guider.momentum_buffer = MomentumBuffer(momentum)  # what its prepare_inputs does at step 0 of a pipeline
+    for i, t in enumerate(ts):
+        c, u = steps[t]
+        got = ours(torch.zeros(shape), torch.full((2,), t))
+        assert torch.allclose(got.double(), _run(guider, c, u, step=i, steps=len(ts)), atol=1e-6), (i, t)
+        if i < cfg_steps:  # and the first steps are CFG at cfg_scale
+            assert torch.allclose(got.double(), cfg_rule(c, u, 2.5), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def kornia_pyramid():
+    return pytest.importorskip("kornia.geometry.transform", reason="kornia is in the dev extra (diffusers' FDG)")
+
+
+@pytest.mark.parametrize("shape, levels", [((2, 3, 32, 32), 1), ((2, 3, 32, 32), 3), ((1, 1, 16, 64), 2),
+                                           ((2, 1, 28, 28), 2)])
+def test_the_laplacian_pyramid_is_kornias_and_sums_back_to_the_image(kornia_pyramid, shape, levels):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    ours = laplacian_pyramid(x, levels)
+    theirs = kornia_pyramid.build_laplacian_pyramid(x, levels)
+    assert len(ours) == levels and all(torch.allclose(a, b, atol=1e-12) for a, b in zip(ours, theirs))
+    assert torch.allclose(from_pyramid(ours, tuple(shape[-2:])), x, atol=1e-12)
+    if levels > 1:  # the bands are real frequency bands: the finest one has most of white noise's energy
+        assert float(ours[0].pow(2).mean()) > float(ours[-1].pow(2).mean())
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 32, 32), (3, 1, 16, 16)])
+@pytest.mark.parametrize("scales, weights, rescale", [([10.0, 5.0], None, 0.0), ([10.0, 5.0, 2.0], [0.5, 1.0, 0.0], 0.7),
+                                                      ([3.0, 0.5], [0.2, 0.2], 0.0), ([1.0, 1.0], None, 0.0)])
+def test_frequency_decoupled_guidance_matches_diffusers(guiders, kornia_pyramid, shape, scales, weights, rescale):
+    c, u, _ = _preds(shape, seed=8)
+    ref = _run(guiders.FrequencyDecoupledGuidance(guidance_scales=scales, parallel_weights=weights,
+                                                  guidance_rescale=rescale), c, u)
+    assert torch.allclose(frequency_decoupled_rule(c, u, scales, parallel_weights=weights, rescale=rescale), ref,
+                          atol=1e-9)
+
+
+def test_fdg_keeps_mnists_size_where_diffusers_returns_the_padded_one(guiders, kornia_pyramid):
+    c, u, _ = _preds((2, 1, 28, 28), seed=9)
+    ref = _run(guiders.FrequencyDecoupledGuidance(guidance_scales=[10.0, 5.0]), c, u)
+    ours = frequency_decoupled_rule(c, u, [10.0, 5.0])
+    assert tuple(ref.shape[-2:]) == (32, 32) and tuple(ours.shape) == (2, 1, 28, 28)  # diffusers 0.42.1's shape
+    assert torch.allclose(ours, ref[..., :28, :28], atol=1e-9)  # the same guidance, cropped back
+
+
+def test_fdg_windows_match_diffusers_where_its_windows_work(guiders, kornia_pyramid):
+    """A window for all bands matches diffusers. diffusers 0.42.1 fails when only some bands are switched off
+    (outside their window, or at scale 1: such a band takes the last guided band's prediction, of another size),
+    so per-band windows are compared only where it runs; ours keeps c's band there."""
+    c, u, _ = _preds((2, 1, 32, 32), seed=10)
+    for start, stop in [(0.0, 1.0), (0.2, 0.7)]:
+        guider = guiders.FrequencyDecoupledGuidance(guidance_scales=[6.0, 2.0], start=start, stop=stop)
+        for step in range(10):
+            on = in_window(step, 10, start, stop)
+            assert torch.allclose(frequency_decoupled_rule(c, u, [6.0, 2.0], active=[on, on]),
+                                  _run(guider, c, u, step=step), atol=1e-9), (start, stop, step)
+    guider = guiders.FrequencyDecoupledGuidance(guidance_scales=[6.0, 2.0], start=[0.0, 0.5], stop=[1.0, 1.0])
+    ours = frequency_decoupled_rule(c, u, [6.0, 2.0], active=[True, False])
+    (c0, c1), (u0, _) = laplacian_pyramid(c, 2), laplacian_pyramid(u, 2)
+    assert torch.allclose(ours, from_pyramid([u0 + 6.0 * (c0 - u0), c1]), atol=1e-9)  # the coarse band is c's
+    try:
+        ref = _run(guider, c, u, step=2)
+    except RuntimeError:
+        return  # diffusers 0.42.1: the switched-off band takes the fine band's prediction, of another size
+    assert torch.allclose(ours, ref, atol=1e-9)
+
+
+def test_fdg_with_one_scale_for_every_band_is_cfg_and_its_eps_function_one_batched_pass():
+    c, u, _ = _preds((2, 1, 28, 28), seed=11)
+    assert torch.allclose(frequency_decoupled_rule(c, u, [4.0, 4.0, 4.0]), cfg_rule(c, u, 4.0), atol=1e-9)
+    (c0, c1), (u0, _) = laplacian_pyramid(c, 2), laplacian_pyramid(u, 2)  # a scale-1 band keeps c's band
+    assert torch.allclose(frequency_decoupled_rule(c, u, [4.0, 1.0]), from_pyramid([u0 + 4 * (c0 - u0), c1], (28, 28)),
+                          atol=1e-9)
+    calls = []
+    model = _fake_model({10: (c, u)})
+    counted = lambda x, t, y: calls.append(len(x)) or model(x, t, y)  # noqa: E731
+    out = frequency_decoupled(counted, torch.tensor([1, 2]), NULL_CLASS, [4.0, 2.0])(torch.zeros(2, 1, 28, 28),
+                                                                                    torch.full((2,), 10))
+    assert calls == [4] and torch.allclose(out, frequency_decoupled_rule(c, u, [4.0, 2.0]), atol=1e-6)
+
+
 def test_tangential_part_keeps_what_c_and_u_share():
     c = torch.tensor([[1.0, 0.0, 0.0]])
     assert torch.allclose(tangential_part(c, 2 * c), 2 * c)  # u along c: kept whole
@@ -192,6 +290,17 @@ def test_icg_uses_random_conditions_as_the_unconditional_branch():
     (lambda: independent_condition(lambda *a: a[0], torch.tensor([12]), 3.0, num_classes=10), r"\[0, 10\)"),
     (lambda: independent_condition(lambda *a: a[0], torch.tensor([1]), 3.0, num_classes=1), "num_classes"),
     (lambda: tangential_cfg(lambda *a: a[0], 1, NULL_CLASS, float("inf")), "finite"),
+    (lambda: frequency_decoupled_rule(torch.ones(2, 1, 8, 8), torch.ones(2, 1, 8, 8), [2.0, 1.0],
+                                      parallel_weights=[1.0]), "one scale per band"),
+    (lambda: frequency_decoupled_rule(torch.ones(2, 1, 8, 8), torch.ones(2, 1, 8, 8), []), "one scale per band"),
+    (lambda: frequency_decoupled_rule(torch.ones(2, 1, 8, 8), torch.ones(2, 1, 8, 8), [2.0, 1.0, 1.0, 1.0]),
+     "below 3 pixels"),
+    (lambda: frequency_decoupled(lambda *a: a[0], 1, NULL_CLASS, [2.0, float("nan")]), "finite"),
+    (lambda: laplacian_pyramid(torch.ones(2, 16), 2), r"\(B, C, H, W\)"),
+    (lambda: laplacian_pyramid(torch.ones(2, 1, 8, 8), 0), "positive integer"),
+    (lambda: apg(lambda *a: a[0], 1, NULL_CLASS, 3.0, schedule=linear_schedule(10), cfg_steps=3), "cfg_scale"),
+    (lambda: apg(lambda *a: a[0], 1, NULL_CLASS, 3.0, schedule=linear_schedule(10), cfg_scale=2.0, cfg_steps=-1),
+     "cfg_steps"),
 ])
 def test_bad_settings_are_refused_with_a_reason(call, match):
     with pytest.raises(ValueError, match=match):
