@@ -31,7 +31,8 @@ from .stats import PairedDifference, auc_interval, matched_indices, mean_interva
 from .transforms import coarse_layout
 
 __all__ = ["energy_distance", "judge_features", "judge_accuracy", "frechet_distance", "fid_judge",
-           "fid_floor", "FidInterval", "fid_judge_interval", "fid_difference_interval", "judge_predictions", "diversity",
+           "fid_floor", "FidInterval", "fid_judge_interval", "fid_difference_interval", "fid_difference_from_features",
+           "judge_predictions", "diversity",
            "class_diversity", "layout_iou", "CLASSIFIER_EVAL_T", "accuracy_by_t", "text_adherence",
            "reference_agreement", "mean_interval", "proportion_interval", "auc_interval", "mean_ink",
            "ManifoldScores", "manifold_scores", "judge_manifold_scores"]
@@ -151,9 +152,20 @@ def fid_difference_interval(judge: nn.Module, samples_a: Tensor, samples_b: Tens
     :func:`fid_judge_interval`, the bootstrap's upward bias is in both arms and cancels in the difference)."""
     if len(samples_a) != len(samples_b):
         raise ValueError(f"paired arms need the same number of samples, got {len(samples_a)} and {len(samples_b)}.")
+    features = (judge_features(judge, x) for x in (samples_a, samples_b, reference))
+    return fid_difference_from_features(*features, n_boot=n_boot, z=z, seed=seed)
+
+
+def fid_difference_from_features(features_a: Tensor, features_b: Tensor, reference: Tensor, *, n_boot: int = 200,
+                                 z: float = 1.96, seed: int = 0) -> PairedDifference:
+    """:func:`fid_difference_interval` from the judge's features of the two arms and of the reference (row i of
+    both arms shares its noise): for a sweep that keeps features, not images."""
+    if len(features_a) != len(features_b):
+        raise ValueError(f"paired arms need the same number of samples, got {len(features_a)} and "
+                         f"{len(features_b)}.")
     if n_boot < 10 or not z > 0:
         raise ValueError(f"need n_boot >= 10 and z > 0, got n_boot={n_boot}, z={z}.")
-    fa, fb, fr = (judge_features(judge, x) for x in (samples_a, samples_b, reference))
+    fa, fb, fr = (f.double() for f in (features_a, features_b, reference))
     gen = torch.Generator().manual_seed(seed)
     diffs = []
     for _ in range(n_boot):
