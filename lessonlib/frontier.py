@@ -20,14 +20,24 @@ from .captions import DIGIT_WORDS, zero_shot_templates
 from .clip import class_embeddings
 from .data import load_mnist
 from .guidance import batched_cfg, classifier_grad, grad_guidance, noisy_clip_grad
-from .metrics import class_diversity, diversity, fid_floor, fid_judge_interval, judge_accuracy, judge_manifold_scores, mean_ink
+from .metrics import (
+    class_diversity,
+    diversity,
+    fid_difference_from_features,
+    fid_floor,
+    fid_judge_interval,
+    judge_accuracy,
+    judge_features,
+    judge_manifold_scores,
+    mean_ink,
+)
 from .samplers import sample_images
 from .schedules import NoiseSchedule
 from .types import NULL_CLASS, EpsFn
 from .variants import apg, autoguidance, cfg_variant, cfg_zero_star, distilled, guided_ddim_sample
 
 __all__ = ["frontier_methods", "measure_frontier", "stored_frontier", "best_points", "format_frontier", "Direct",
-           "LESSON_09", "LESSON_11", "METHOD_CHECKPOINTS"]
+           "LESSON_09", "LESSON_11", "METHOD_CHECKPOINTS", "PAIRINGS", "paired_to"]
 
 CFG_SCALES = [1.0, 1.5, 2.0, 3.0, 5.0, 8.0]
 MakeEps = Callable[[float, Tensor], EpsFn]  # make(scale, labels) -> EpsFn (or a Direct sampler)
@@ -104,9 +114,42 @@ def frontier_methods(schedule: NoiseSchedule) -> dict[str, tuple[list[float], Ma
     }
 
 
+def _best_pairs(rows: list[dict]) -> list[tuple[int, int]]:
+    best = [rows.index(r) for r in best_points(rows).values()]
+    return [(i, j) for k, i in enumerate(best) for j in best[k + 1:]]
+
+
+def _cfg_twins(rows: list[dict]) -> list[tuple[int, int]]:
+    cfg = [i for i, r in enumerate(rows) if r["method"] == "CFG"]
+    best = [rows.index(r) for name, r in best_points(rows).items() if name != "CFG"]
+    return [(i, min(cfg, key=lambda j: abs(rows[j]["adherence"] - rows[i]["adherence"]))) for i in best] if cfg else []
+
+
+def _same_scale(rows: list[dict]) -> list[tuple[int, int]]:
+    cfg = {r["scale"]: i for i, r in enumerate(rows) if r["method"] == "CFG"}
+    return [(i, cfg[r["scale"]]) for i, r in enumerate(rows) if r["method"] != "CFG" and r["scale"] in cfg]
+
+
+# which pairs of frontier points get a paired FID_judge difference (all points share the starting noise)
+PAIRINGS: dict[str, Callable[[list[dict]], list[tuple[int, int]]]] = {
+    "best points": _best_pairs,  # every two methods' best operating points
+    "cfg twin": _cfg_twins,  # each method's best point and the CFG point of closest adherence
+    "same scale": _same_scale,  # each point and CFG's at the same scale (where CFG has that scale)
+}
+
+
+def paired_to(row: dict, other: dict):
+    """The stored paired difference FID_judge(row) - FID_judge(other) (:func:`measure_frontier`'s ``pairings``)."""
+    key = (other["method"], other["scale"])
+    if key not in row.get("paired", {}):
+        raise KeyError(f"no paired difference of {row['method']} s = {row['scale']:g} against {key[0]} s = "
+                       f"{key[1]:g}: measure the frontier with the pairing that makes it (frontier.PAIRINGS).")
+    return row["paired"][key]
+
+
 def measure_frontier(*, n: int = 200, steps: int = 20, seed: int = 0, methods: list[str] | None = None,
                      scales: dict[str, list[float]] | None = None, default_scales: list[float] | None = None,
-                     clip_x0: bool = True, keep_samples: bool = False,
+                     clip_x0: bool = True, keep_samples: bool = False, pairings: tuple[str, ...] = (),
                      progress: bool = False) -> tuple[list[dict], float]:
     """One row per (method, scale): adherence, FID_judge, precision and recall (against the class-matched real set),
     diversity, mean ink, ms per image; plus the FID floor.
@@ -115,6 +158,9 @@ def measure_frontier(*, n: int = 200, steps: int = 20, seed: int = 0, methods: l
     comparisons paired over the classes. ``keep_samples`` keeps each row's images (``row["samples"]``, classes
     ``torch.arange(n) % 10``) for paired
     comparisons between methods, which share the starting noise.
+
+    ``pairings`` (names in :data:`PAIRINGS`) adds ``row["paired"][(method, scale)]``, the paired bootstrap of
+    FID_judge(row) - FID_judge(that point) over the shared noise (:func:`paired_to` reads it).
 
     ``scales`` overrides the scales of named methods; ``default_scales`` those of every other CFG method.
     ``clip_x0`` is the series' static thresholding of x0_hat (on by default; lesson 09 measures both).
@@ -131,7 +177,9 @@ def measure_frontier(*, n: int = 200, steps: int = 20, seed: int = 0, methods: l
     unknown = (set(methods or []) | set(scales or {})) - set(table)
     if unknown:
         raise ValueError(f"unknown methods {sorted(unknown)}; choose from {sorted(table)}.")
-    rows = []
+    if set(pairings) - set(PAIRINGS):
+        raise ValueError(f"unknown pairings {sorted(set(pairings) - set(PAIRINGS))}; choose from {sorted(PAIRINGS)}.")
+    rows, features = [], []
     for name in methods or LESSON_09:
         own, make = table[name]
         if scales and name in scales:
@@ -153,6 +201,13 @@ def measure_frontier(*, n: int = 200, steps: int = 20, seed: int = 0, methods: l
                          "diversity": class_diversity(judge, xs, y), "ink": mean_ink(xs),
                          "diversity_by_class": torch.tensor([diversity(judge, xs[y == k]) for k in range(10)]),
                          "ms_per_image": 1000 * seconds / n, **({"samples": xs} if keep_samples else {})})
+            if pairings:
+                features.append(judge_features(judge, xs))
+    if pairings:
+        ref_features = judge_features(judge, ref)
+        for i, j in dict.fromkeys(pair for name in pairings for pair in PAIRINGS[name](rows)):
+            rows[i].setdefault("paired", {})[(rows[j]["method"], rows[j]["scale"])] = fid_difference_from_features(
+                features[i], features[j], ref_features)
     return rows, fid_floor(judge, test.images, seed=seed, labels=test.labels, matched_to=y)
 
 

@@ -17,7 +17,6 @@
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +26,7 @@ from torch import Tensor, nn
 from .captions import ATTRIBUTE_WORDS, AttributeBins, measure
 from .diffusion import q_sample
 from .schedules import NoiseSchedule
-from .stats import PairedDifference, auc_interval, matched_indices, mean_interval, proportion_interval
+from .stats import PairedDifference, auc_interval, format_interval, matched_indices, mean_interval, proportion_interval
 from .transforms import coarse_layout
 
 __all__ = ["energy_distance", "judge_features", "judge_accuracy", "frechet_distance", "fid_judge",
@@ -116,11 +115,7 @@ class FidInterval:
 
     def __format__(self, spec: str) -> str:
         """``f"{ci:>24.2f}"``: the number format applies to each value, the width and alignment to the whole."""
-        match = re.fullmatch(r"(?P<layout>[<>^]?\d*)(?P<number>\.\d+[fg])?", spec)
-        if match is None:
-            raise ValueError(f"format an FidInterval with e.g. '.2f' or '>24.2f', not {spec!r}.")
-        number = match["number"] or ".2f"
-        return format(f"{self.fid:{number}} [{self.lo:{number}}, {self.hi:{number}}]", match["layout"])
+        return format_interval(self.fid, self.lo, self.hi, spec, default=".2f", kind="an FidInterval")
 
 
 def fid_judge_interval(judge: nn.Module, samples: Tensor, reference: Tensor, *, n_boot: int = 100,

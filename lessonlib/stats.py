@@ -6,11 +6,13 @@ Floor 0 of the package: plain tensors in, numbers out. ``metrics`` re-exports th
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import torch
 
 __all__ = ["mean_interval", "proportion_interval", "auc_interval", "matched_indices", "PairedDifference",
+           "format_interval",
            "paired_difference", "paired_proportion"]
 
 
@@ -106,8 +108,19 @@ class PairedDifference:
         return f"{first if self.diff > 0 else second} higher"
 
     def __format__(self, spec: str) -> str:
-        number = spec or ".3f"
-        return f"{self.diff:+{number}} [{self.lo:+{number}}, {self.hi:+{number}}]"
+        """``f"{d:>24.2f}"``: signed values in the number format, the width and alignment for the whole."""
+        return format_interval(self.diff, self.lo, self.hi, spec, default=".3f", signed=True,
+                               kind="a PairedDifference")
+
+
+def format_interval(point: float, lo: float, hi: float, spec: str, *, default: str = ".3f", signed: bool = False,
+                    kind: str = "an interval") -> str:
+    """'point [lo, hi]' with a format spec such as '.2f' (each value) or '>24.2f' (and the width of the whole)."""
+    match = re.fullmatch(r"(?P<layout>[<>^]?\d*)(?P<number>\.\d+[fg])?", spec)
+    if match is None:
+        raise ValueError(f"format {kind} with e.g. '.2f' or '>24.2f', not {spec!r}.")
+    number = ("+" if signed else "") + (match["number"] or default)
+    return format(f"{point:{number}} [{lo:{number}}, {hi:{number}}]", match["layout"])
 
 
 def paired_difference(a, b, z: float = 1.96) -> PairedDifference:

@@ -119,3 +119,34 @@ def test_weight_map_writes_each_cell_in_readable_ink_and_rejects_a_wrong_shape()
     with pytest.raises(ValueError, match="2 x 3"):
         weight_map(ax, [[0.0, 1.0]], [0, 2], [0, 1, 5], row_label="a", col_label="b", title="t")
     plt.close(fig)
+
+
+def test_fid_difference_from_features_is_the_same_bootstrap_on_kept_features():
+    from lessonlib.metrics import fid_difference_from_features, judge_features
+
+    judge, g = _Pixels(), torch.Generator().manual_seed(4)
+    noise, ref = torch.randn(300, 1, 2, 2, generator=g), torch.randn(300, 1, 2, 2, generator=g)
+    a, b = noise * 1.3 + 0.2, noise
+    whole = fid_difference_interval(judge, a, b, ref)
+    kept = fid_difference_from_features(*(judge_features(judge, x) for x in (a, b, ref)))
+    assert (kept.diff, kept.lo, kept.hi) == pytest.approx((whole.diff, whole.lo, whole.hi))
+    assert kept.excludes_zero and kept.diff > 0
+    with pytest.raises(ValueError, match="same number"):
+        fid_difference_from_features(torch.ones(5, 4), torch.ones(4, 4), torch.ones(9, 4))
+
+
+def test_frontier_pairings_choose_the_points_a_lesson_compares():
+    from lessonlib.frontier import PAIRINGS, paired_to
+
+    def row(method, scale, adherence, fid):
+        return {"method": method, "scale": scale, "adherence": adherence, "fid_judge": fid}
+
+    rows = [row("CFG", 1.0, 0.90, 1.0), row("CFG", 2.0, 0.97, 1.5), row("CFG", 3.0, 1.00, 2.0),
+            row("APG", 2.0, 0.96, 1.2), row("APG", 5.0, 0.99, 0.9), row("CFG++", 0.6, 0.999, 1.1)]
+    # best points: CFG s = 2 (lowest FID_judge with adherence >= 0.95), APG s = 5, CFG++ 0.6
+    assert PAIRINGS["best points"](rows) == [(1, 4), (1, 5), (4, 5)]
+    # each method's best point against the CFG point of closest adherence (APG 0.99 -> CFG 1.00; CFG++ too)
+    assert PAIRINGS["cfg twin"](rows) == [(4, 2), (5, 2)]
+    assert PAIRINGS["same scale"](rows) == [(3, 1)]  # only APG s = 2 has a CFG point at its scale
+    with pytest.raises(KeyError, match="frontier.PAIRINGS"):
+        paired_to(rows[3], rows[0])
