@@ -16,7 +16,9 @@ diffusers' guider and to these and checks they agree to float tolerance (``pytes
 | SmoothedEnergyGuidance, LTX2Guidance | delta terms)                           | when CFG is on; see :func:`perturbed_rule`)  |
 | AutoGuidance                         | :func:`cfg_rule` with u from a worse   | bad + w (good - bad)                         |
 |                                      | model (:func:`lessonlib.variants       |                                              |
-|                                      | .autoguidance`)                        |                                              |
+|                                      | .autoguidance`), or from the same one  |                                              |
+|                                      | with blocks skipped                    |                                              |
+|                                      | (:func:`layer_skip_autoguidance`)      |                                              |
 | ClassifierFreeZeroStarGuidance       | :func:`lessonlib.variants.cfg_zero_star` | s* u + s (c - s* u)                        |
 | AdaptiveProjectedGuidance            | :func:`lessonlib.variants.apg`          | c + (s - 1)(d_perp + eta d_par), the paper's |
 |                                      | (``space="eps"``)                      | form; diffusers' default is u + s(...)       |
@@ -42,13 +44,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .guidance import batched_predictions, check_scale, combine, conditional
-from .nets.perturb import perturbed
+from .nets.perturb import perturbed, skipped_blocks
 from .types import EpsFn
 from .variants import parallel_part, rescaled
 
 __all__ = ["cfg_rule", "tangential_rule", "tangential_part", "magnitude_aware_rule", "perturbed_rule", "stack_rule",
            "in_window", "tangential_cfg", "magnitude_aware", "independent_condition", "perturbation_guidance",
-           "laplacian_pyramid", "from_pyramid", "frequency_decoupled_rule", "frequency_decoupled"]
+           "laplacian_pyramid", "from_pyramid", "frequency_decoupled_rule", "frequency_decoupled",
+           "layer_skip_autoguidance"]
 
 
 def _same_shape(*tensors: Tensor) -> None:
@@ -322,5 +325,29 @@ def perturbation_guidance(model: Callable, cond: Any, null_cond: Any, scale: flo
         with perturbed(model, layers, kind, sigma=sigma):
             p = alone(x, t)
         return perturbed_rule(c, u, p, scale, perturbed_scale)
+
+    return eps_fn
+
+
+def layer_skip_autoguidance(model: Callable, cond: Any, scale: float, *, blocks: Sequence[int | str] | str,
+                            dropout: float = 1.0) -> EpsFn:
+    """Autoguidance whose "bad" model is the same U-Net with residual ``blocks`` skipped (diffusers' AutoGuidance
+    with ``auto_guidance_layers``, which skips transformer blocks): bad + w (good - bad), both conditional.
+
+    ``dropout`` 1 leaves the blocks out; below 1 their residual branch is dropped at random with that probability
+    (torch's global generator, as diffusers does). Two passes per step (the damaged network cannot share a batch).
+    """
+    scale = check_scale(scale)
+    with skipped_blocks(model, blocks, dropout=dropout):  # refuses bad blocks and dropouts now, not mid-sampling
+        pass
+    good = conditional(model, cond)
+
+    def eps_fn(x: Tensor, t: Tensor) -> Tensor:
+        c = good(x, t)
+        if scale == 1:
+            return c
+        with skipped_blocks(model, blocks, dropout=dropout):
+            bad = good(x, t)
+        return cfg_rule(c, bad, scale)
 
     return eps_fn

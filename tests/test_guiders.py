@@ -166,6 +166,18 @@ def test_apg_mix_over_a_sampling_run_matches_diffusers(guiders, eta, r, momentum
             assert torch.allclose(got.double(), cfg_rule(c, u, 2.5), atol=1e-6)
 
 
+@pytest.mark.parametrize("scale, rescale", [(2.0, 0.0), (4.5, 0.7)])
+def test_autoguidance_combines_as_diffusers_autoguidance(guiders, scale, rescale):
+    """diffusers' AutoGuidance gets the damaged network's prediction as pred_uncond (its layer-skip hooks act on
+    diffusers' transformers; ours on the course's U-Net, tests/test_perturb.py): bad + w (good - bad), in a window."""
+    c, bad, _ = _preds((2, 1, 8, 8), seed=12)
+    guider = guiders.AutoGuidance(guidance_scale=scale, auto_guidance_layers=[1], dropout=1.0,
+                                  guidance_rescale=rescale, start=0.2, stop=0.8)
+    for step in range(10):
+        ours = cfg_rule(c, bad, scale, rescale=rescale) if in_window(step, 10, 0.2, 0.8) else c
+        assert torch.allclose(ours, _run(guider, c, bad, step=step), atol=1e-9), step
+
+
 @pytest.fixture(scope="module")
 def kornia_pyramid():
     return pytest.importorskip("kornia.geometry.transform", reason="kornia is in the dev extra (diffusers' FDG)")

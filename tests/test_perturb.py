@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from lessonlib.guidance import batched_cfg
-from lessonlib.guiders import perturbation_guidance, perturbed_rule
-from lessonlib.nets.perturb import attention_layers, perturbed
+from lessonlib.guiders import cfg_rule, layer_skip_autoguidance, perturbation_guidance, perturbed_rule
+from lessonlib.nets.perturb import attention_layers, perturbed, res_blocks, skipped_blocks
 from lessonlib.nets.unet import SelfAttention, UNet, UNetConfig, blur_positions
 from lessonlib.types import NULL_CLASS
 
@@ -90,14 +90,14 @@ def test_perturbed_changes_the_output_and_restores_the_model_even_after_an_error
 
 
 def test_bad_layers_kinds_and_sigmas_are_refused(unet):
-    for layers, kind, sigma, match in [(["nowhere"], "identity", 1.0, "unknown layer"), ([99], "skip", 1.0, "out of range"),
+    for layers, kind, sigma, match in [(["nowhere"], "identity", 1.0, "unknown self-attention layer"), ([99], "skip", 1.0, "out of range"),
                                        ([], "skip", 1.0, "at least one"), ("all", "dropout", 1.0, "kind must be"),
                                        ("all", "blur", 0.0, "sigma"), ("all", "blur", float("nan"), "sigma"),
                                        ([True], "skip", 1.0, "name or an index")]:
         with pytest.raises(ValueError, match=match):
             with perturbed(unet, layers, kind, sigma=sigma):
                 pass
-    with pytest.raises(ValueError, match="unknown layer"):
+    with pytest.raises(ValueError, match="unknown self-attention layer"):
         perturbation_guidance(unet, torch.tensor([1]), NULL_CLASS, 3.0, 2.0, layers=["nowhere"])
 
 
@@ -118,3 +118,45 @@ def test_perturbation_guidance_is_the_perturbed_rule_and_plain_cfg_at_weight_one
             p_blur = unet(x, t, y)
         torch.testing.assert_close(alone, p_blur + 2.0 * (c - p_blur), rtol=1e-4, atol=1e-5)
     assert F.mse_loss(pag, c) > 0
+
+
+def test_a_skipped_block_is_its_skip_path_and_the_model_comes_back(unet):
+    blocks = res_blocks(unet)
+    assert list(blocks)[0].startswith("down.") and any(n.startswith("mid.") for n in blocks)
+    name, block = next((n, b) for n, b in blocks.items() if not isinstance(b.skip, torch.nn.Identity))
+    x, emb = torch.randn(2, block.conv1.in_channels, 7, 7), torch.randn(2, block.film.in_features)
+    with torch.no_grad():
+        whole = block(x, emb)
+        with skipped_blocks(unet, [name]):
+            assert torch.equal(block(x, emb), block.skip(x))  # the residual branch left out
+        assert torch.equal(block(x, emb), whole)  # restored
+        with skipped_blocks(unet, [name], dropout=0.5):
+            torch.manual_seed(1)
+            half = block(x, emb)
+        assert not torch.allclose(half, whole) and not torch.allclose(half, block.skip(x))
+    xt, t, y = torch.randn(2, 1, 28, 28), torch.tensor([500, 100]), torch.tensor([3, 7])
+    with torch.no_grad():
+        before = unet(xt, t, y)
+        with pytest.raises(RuntimeError, match="inside"):
+            with skipped_blocks(unet, "all"):
+                raise RuntimeError("an error inside the block")
+        assert torch.equal(unet(xt, t, y), before)
+    for blocks_, dropout, match in [(["nowhere"], 1.0, "unknown residual block"), ([99], 1.0, "out of range"),
+                                    ("all", 0.0, r"\(0, 1\]"), ("all", 1.5, r"\(0, 1\]")]:
+        with pytest.raises(ValueError, match=match):
+            with skipped_blocks(unet, blocks_, dropout=dropout):
+                pass
+
+
+def test_layer_skip_autoguidance_guides_away_from_the_damaged_network(unet):
+    xt, t, y = torch.randn(2, 1, 28, 28), torch.tensor([500, 100]), torch.tensor([3, 7])
+    fn = layer_skip_autoguidance(unet, y, 2.5, blocks=["mid.0"])
+    with torch.no_grad():
+        c = unet(xt, t, y)
+        with skipped_blocks(unet, ["mid.0"]):
+            bad = unet(xt, t, y)
+        assert not torch.allclose(bad, c)
+        assert torch.allclose(fn(xt, t), cfg_rule(c, bad, 2.5), atol=1e-6)  # bad + w (good - bad)
+        assert torch.allclose(layer_skip_autoguidance(unet, y, 1.0, blocks=["mid.0"])(xt, t), c, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown residual block"):
+        layer_skip_autoguidance(unet, y, 2.0, blocks=["nowhere"])

@@ -111,6 +111,9 @@ class ResBlock(nn.Module):
     def __init__(self, cin: int, cout: int, emb_dim: int, *, groups: int, dropout: float = 0.0, gated: bool = False):
         super().__init__()
         self.gated = gated
+        # None by default; set only through lessonlib.nets.perturb.skipped_blocks: the residual branch dropped with
+        # this probability (1.0: left out, the block is its skip path), the "bad" model of layer-skip autoguidance
+        self.dropped: float | None = None
         self.norm1, self.conv1 = nn.GroupNorm(groups, cin), nn.Conv2d(cin, cout, 3, padding=1)
         self.film = nn.Linear(emb_dim, (3 if gated else 2) * cout)
         self.norm2, self.drop = nn.GroupNorm(groups, cout), nn.Dropout(dropout)
@@ -119,10 +122,15 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        if self.dropped == 1.0:
+            return self.skip(x)
         h = self.conv1(F.silu(self.norm1(x)))
         scale, shift, *gate = self.film(F.silu(emb)).chunk(3 if self.gated else 2, dim=1)
         h = self.conv2(self.drop(F.silu(modulate(self.norm2(h), scale, shift))))
-        return self.skip(x) + (gate[0][:, :, None, None] * h if self.gated else h)
+        h = gate[0][:, :, None, None] * h if self.gated else h
+        if self.dropped is not None:
+            h = F.dropout(h, p=self.dropped, training=True)
+        return self.skip(x) + h
 
 
 class SelfAttention(nn.Module):
