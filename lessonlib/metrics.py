@@ -33,7 +33,7 @@ __all__ = ["energy_distance", "judge_features", "judge_accuracy", "frechet_dista
            "fid_floor", "FidInterval", "fid_judge_interval", "fid_difference_interval", "fid_difference_from_features",
            "judge_predictions", "diversity",
            "class_diversity", "layout_iou", "CLASSIFIER_EVAL_T", "accuracy_by_t", "text_adherence",
-           "reference_agreement", "mean_interval", "proportion_interval", "auc_interval", "mean_ink",
+           "reference_agreement", "mean_interval", "proportion_interval", "auc_interval", "mean_ink", "colour_look",
            "ManifoldScores", "manifold_scores", "judge_manifold_scores"]
 
 
@@ -344,6 +344,22 @@ def reference_agreement(samples: Tensor, references: Tensor, labels, judge: nn.M
     inter, union = (a & b).flatten(1).sum(1), (a | b).flatten(1).sum(1)
     out["ink"] = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter, dtype=torch.float))
     return out
+
+
+def colour_look(images: Tensor) -> dict[str, float]:
+    """Chroma, clipped share and contrast of RGB images in [-1, 1] (lessons 07, 11): what oversaturation moves.
+
+    Chroma is the mean over pixels of max - min over the three channels; the clipped share the share of channel
+    values within 0.005 of 0 or 1 (on the [0, 1] scale); contrast the mean per-image std of the luminance
+    0.299 R + 0.587 G + 0.114 B.
+    """
+    if not torch.is_tensor(images) or images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be a (N, 3, H, W) RGB tensor in [-1, 1], got {getattr(images, 'shape', images)!r}.")
+    u = (images.detach().float().cpu() + 1) / 2
+    luminance = 0.299 * u[:, 0] + 0.587 * u[:, 1] + 0.114 * u[:, 2]
+    return {"chroma": float((u.max(1).values - u.min(1).values).mean()),
+            "clipped": float(((u <= 0.005) | (u >= 0.995)).float().mean()),
+            "contrast": float(luminance.flatten(1).std(1).mean())}
 
 
 def mean_ink(images: Tensor) -> float:

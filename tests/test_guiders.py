@@ -178,6 +178,22 @@ def test_autoguidance_combines_as_diffusers_autoguidance(guiders, scale, rescale
         assert torch.allclose(ours, _run(guider, c, bad, step=step), atol=1e-9), step
 
 
+@pytest.mark.parametrize("scale, stg, modality, rescale", [(3.0, 1.0, 2.0, 0.0), (4.0, 0.5, 1.0, 0.7), (1.0, 2.0, 3.0, 0.0)])
+def test_three_guiders_at_once_sum_their_deltas_as_diffusers_ltx2_does(guiders, scale, stg, modality, rescale):
+    """LTX2Guidance: a CFG term, a perturbed-blocks term and a modality term, each a delta from the conditional
+    prediction; stack_rule is that sum (its STG scale is our w - 1, as for the perturbation guiders with CFG on)."""
+    if not hasattr(guiders, "LTX2Guidance"):
+        pytest.skip("this diffusers has no LTX2Guidance")
+    c, u, p = _preds((2, 4, 8, 8), seed=13)
+    m = _preds((2, 4, 8, 8), seed=14, n=1)[0]
+    guider = guiders.LTX2Guidance(guidance_scale=scale, stg_scale=stg, modality_scale=modality,
+                                  guidance_rescale=rescale)
+    guider.set_state(0, 10, torch.tensor(999))
+    ref = guider.forward(c, u, p, m).pred
+    ours = stack_rule(c, [(u, scale), (p, stg + 1), (m, modality)], rescale=rescale)
+    assert torch.allclose(ours, ref, atol=1e-9)
+
+
 @pytest.fixture(scope="module")
 def kornia_pyramid():
     return pytest.importorskip("kornia.geometry.transform", reason="kornia is in the dev extra (diffusers' FDG)")
