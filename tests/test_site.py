@@ -79,6 +79,36 @@ def test_the_page_version_swaps_widgets_and_remote_badges_and_keeps_every_other_
     assert outs[2].text == "a number 0.93\n"
 
 
+def _pixels(b64: str):
+    import numpy as np
+    from PIL import Image
+    with Image.open(io.BytesIO(base64.b64decode(b64))) as im:
+        return np.asarray(im.convert("RGBA"))
+
+
+@pytest.mark.parametrize("kind", ["figure", "samples", "transparent"])
+def test_pages_carry_each_figure_smaller_with_the_same_pixels(kind):
+    import matplotlib
+    import numpy as np
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lessonlib.site import web_png
+    fig, ax = plt.subplots(figsize=(6, 3), dpi=100)
+    if kind == "samples":  # a grid of noise pictures: thousands of colours, no palette
+        ax.imshow(np.random.default_rng(0).random((28, 112, 3)), interpolation="nearest")
+    else:
+        ax.plot(np.sin(np.linspace(0, 9, 200)), label="a line")
+        ax.legend()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", transparent=kind == "transparent")
+    plt.close(fig)
+    before = base64.b64encode(buf.getvalue()).decode()
+    after = web_png(before)
+    assert np.array_equal(_pixels(after), _pixels(before))  # alpha included
+    assert len(after) < (0.9 if kind == "figure" else 0.97) * len(before), (len(after), len(before))
+
+
 def test_record_renders_each_setting_without_moving_the_controls():
     import torch
     calls = []
