@@ -29,6 +29,8 @@ from importlib import resources
 from pathlib import Path
 
 import nbformat
+import numpy as np
+from PIL import Image
 
 from .home import home
 from .publish import NOTEBOOK_DIR, _notebooks
@@ -120,9 +122,6 @@ def web_png(b64: str) -> str:
     """A figure's PNG (base64) re-encoded for the page without changing a pixel: opaque RGBA as RGB, at most 256
     colours as an exact palette, zlib at its best; the original when that is not smaller. Matplotlib writes opaque
     RGBA at its default compression, so a lesson's figures shrink by about a fifth."""
-    import numpy as np
-    from PIL import Image
-
     raw = base64.b64decode(b64)
     with Image.open(io.BytesIO(raw)) as im:
         im.load()
