@@ -131,7 +131,7 @@ def web_png(b64: str) -> str:
     colours, index = np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0, return_inverse=True)
     if len(colours) <= 256:  # every colour gets its own palette entry: exact
         image = Image.fromarray(index.reshape(pixels.shape[:2]).astype(np.uint8), mode="P")
-        palette = colours if colours.shape[1] == 3 else colours[:, :3]
+        palette = colours[:, :3]
         image.putpalette(palette.astype(np.uint8).tobytes())
         if colours.shape[1] == 4:
             image.info["transparency"] = bytes(colours[:, 3].astype(np.uint8))
